@@ -1,0 +1,1 @@
+"""ROS-free learning core: importable without rclpy."""

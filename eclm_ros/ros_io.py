@@ -1,0 +1,100 @@
+"""ROS-side conversions shared by the nodes: images, tensor bundles, QoS profiles, diagnostics.
+
+Kept out of the node files (which hold only a node class and ``main``) and out of the core (which imports no
+ROS). No cv_bridge: it is not available from PyPI, and a zero-copy numpy view is all the edge needs.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                       qos_profile_sensor_data)
+from sensor_msgs.msg import Image
+
+from eclm_ros.core.tensor_codec import Bundle, TensorSpec
+from eclm_ros.msg import TensorBundle
+from eclm_ros.msg import TensorSpec as TensorSpecMsg
+
+IMAGE_CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3}
+
+#: Camera frames: best effort, keep the latest few (the ROS sensor-data profile).
+SENSOR_QOS = qos_profile_sensor_data
+#: Uploads, predictions, status: every message matters, a short queue bounds memory.
+RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Model updates: reliable and transient-local, so an edge that (re)joins late still gets the newest ones.
+UPDATE_QOS = QoSProfile(depth=4, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
+
+
+class ImageError(ValueError):
+    """A sensor_msgs/Image that cannot be a camera frame (encoding, size, step, data length)."""
+
+
+def image_to_numpy(msg: Image) -> np.ndarray:
+    """A zero-copy uint8 view (HxW or HxWx3, channel order as in ``msg.encoding``) of an Image message."""
+    channels = IMAGE_CHANNELS.get(msg.encoding)
+    if channels is None:
+        raise ImageError(f"unsupported encoding {msg.encoding!r} (use {', '.join(IMAGE_CHANNELS)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageError(f"empty image {w}x{h}")
+    if step < w * channels:
+        raise ImageError(f"step {step} is shorter than a row of {w} x {channels} bytes")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size != step * h:
+        raise ImageError(f"data holds {buf.size} bytes, {w}x{h} {msg.encoding} with step {step} needs {step * h}")
+    rows = buf.reshape(h, step)[:, :w * channels]
+    return rows.reshape(h, w) if channels == 1 else rows.reshape(h, w, channels)
+
+
+def numpy_to_image(img: np.ndarray, encoding: str, msg: Image | None = None) -> Image:
+    """Fill (or create) an Image from a uint8 HxW / HxWx3 array."""
+    channels = IMAGE_CHANNELS.get(encoding)
+    if channels is None:
+        raise ImageError(f"unsupported encoding {encoding!r}")
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != channels) \
+            or (img.ndim == 2 and channels != 1):
+        raise ImageError(f"array {img.dtype} {img.shape} does not fit encoding {encoding}")
+    msg = msg if msg is not None else Image()
+    msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
+    msg.encoding = encoding
+    msg.is_bigendian = 0
+    msg.step = msg.width * channels
+    msg.data = np.ascontiguousarray(img).tobytes()
+    return msg
+
+
+def bundle_to_msg(bundle: Bundle, msg: TensorBundle | None = None) -> TensorBundle:
+    msg = msg if msg is not None else TensorBundle()
+    msg.tensors = [TensorSpecMsg(name=s.name, dtype=s.dtype, shape=list(s.shape), encoding=s.encoding,
+                                 scale=float(s.scale), zero_point=int(s.zero_point), offset=int(s.offset),
+                                 length=int(s.length)) for s in bundle.specs]
+    msg.compression = bundle.compression
+    msg.raw_size = int(bundle.raw_size)
+    msg.payload = bundle.payload
+    msg.digest = bundle.digest
+    return msg
+
+
+def msg_to_bundle(msg: TensorBundle, payload: bytes | None = None) -> Bundle:
+    """A Bundle from a message; ``payload`` overrides the message's own (reassembled chunks)."""
+    specs = tuple(TensorSpec(s.name, s.dtype, tuple(int(d) for d in s.shape), s.encoding, float(s.scale),
+                             int(s.zero_point), int(s.offset), int(s.length)) for s in msg.tensors)
+    data = payload if payload is not None else np.frombuffer(msg.payload, dtype=np.uint8).tobytes()
+    return Bundle(specs, data, msg.compression, int(msg.raw_size), msg.digest)
+
+
+def diagnostic(name: str, hardware_id: str, level: bytes, message: str,
+               values: Mapping[str, object]) -> DiagnosticStatus:
+    """One DiagnosticStatus; ``level`` is DiagnosticStatus.OK / WARN / ERROR / STALE (a ``byte`` field)."""
+    return DiagnosticStatus(level=level, name=name, hardware_id=hardware_id, message=message,
+                            values=[KeyValue(key=str(k), value=str(v)) for k, v in values.items()])
+
+
+def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray:
+    msg = DiagnosticArray()
+    msg.header.stamp = stamp
+    msg.status = statuses
+    return msg

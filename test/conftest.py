@@ -1,0 +1,31 @@
+"""Shared test set-up: keep torch to one thread (2-core CI shared by node processes) and give each test
+session its own DDS domain so parallel runs on one machine never see each other."""
+import os
+import random
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+
+try:
+    import torch
+
+    torch.set_num_threads(1)
+except ImportError:  # the codec tests run without torch
+    pass
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+# test helpers (node_processes.py) and the wire-test nodes' payload module import by plain name
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "wire_nodes"))

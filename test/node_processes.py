@@ -1,0 +1,77 @@
+"""Start ROS node executables as real, separate processes for integration tests, and always stop them."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ros_available() -> str | None:
+    """None when rclpy and the built interfaces import, else the reason (for pytest.skip)."""
+    try:
+        import rclpy  # noqa: F401
+
+        import eclm_ros.msg  # noqa: F401
+    except ImportError as exc:
+        return f"ROS 2 or the built eclm_ros interfaces are missing ({exc}); run 'make setup'"
+    return None
+
+
+class NodeProcess:
+    """One node process: ``[executable, --ros-args, --params-file, yaml, ...]``, log captured to a file."""
+
+    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.command = command
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+
+    @classmethod
+    def python(cls, script: Path | str, params: Path, log: Path, *ros_args: str,
+               env: dict[str, str] | None = None) -> "NodeProcess":
+        return cls([sys.executable, str(script), "--ros-args", "--params-file", str(params), *ros_args], log, env)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """SIGINT (a clean shutdown), then SIGKILL for the whole process group if it hangs."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGINT)
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+            except ProcessLookupError:
+                pass
+        self._log.close()
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies without any chance to clean up (a crashed machine)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
+    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
