@@ -29,3 +29,13 @@ from pathlib import Path  # noqa: E402
 # test helpers (node_processes.py) and the wire-test nodes' payload module import by plain name
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "wire_nodes"))
+
+
+@pytest.fixture(scope="session")
+def quick_cache(tmp_path_factory):
+    """Quick (tiny) models trained once per test session into a private cache."""
+    from eclm_ros.core.training import train_all
+
+    cache = tmp_path_factory.mktemp("eclm_cache")
+    train_all(quick=True, cache_dir=cache, progress=False)
+    return cache

@@ -1,0 +1,46 @@
+"""`eclm-ros`: one command for training, benchmarks and the demo.
+
+Subcommands are resolved lazily by module path, so `eclm-ros train` does not import ROS and a part that is
+not installed yields a clear message instead of an import crash at start-up.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "train": ("eclm_ros.core.training", "train the cloud and edge models into the checkpoint cache"),
+    "bench": ("eclm_ros.core.bench", "run every adaptation method on the same shifting stream, side by side"),
+    "bench-edge": ("eclm_ros.core.bench_edge", "edge runtime speed, update latency and DDS transport figures"),
+    "demo": ("eclm_ros.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: eclm-ros <command> [options]", "", "commands:"]
+    lines += [f"  {name:<11} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"eclm-ros: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module_name = SUBCOMMANDS[name][0]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            print(f"eclm-ros {name}: not available in this version ({module_name} is missing)", file=sys.stderr)
+            return 2
+        raise
+    return int(module.cli(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

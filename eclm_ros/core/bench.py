@@ -1,0 +1,285 @@
+"""`eclm-ros bench`: every adaptation method on the same shifting stream, side by side, in one run.
+
+A method sees only pixels, batch after batch, and must predict each batch with its edge model as it is at
+that moment before it learns from it. Edge-cloud traffic is counted from the bytes the codec and the image
+encoder actually produce. Results: DIR/results.json, DIR/results.md and DIR/accuracy.png.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from .adapt import bn, eata, source, tent
+from .data import load_fashion_mnist
+from .evaluation import Evaluator
+from .models import count_macs, count_params
+from .norm import affine_param_fraction
+from .preprocess import batch_to_tensor
+from .training import accuracy, calibration_images, load_checkpoint, load_edge_model
+from .world import WorldStream, default_schedule
+
+NUM_CLASSES = 10
+
+
+@dataclass
+class Traffic:
+    """Edge-cloud traffic of a method, in real encoded bytes."""
+
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    uploaded_frames: int = 0
+    updates: int = 0
+
+
+class Method(Protocol):
+    name: str
+    traffic: Traffic
+
+    def step(self, images: np.ndarray) -> np.ndarray:
+        """Predict uint8 frames [B,H,W] with the current edge model, then learn from them."""
+
+
+@dataclass
+class BenchContext:
+    """What a method may start from: trained models (fresh copies per method) and clean training data."""
+
+    quick: bool
+    seed: int
+    cache_dir: Path | None = None
+    num_classes: int = NUM_CLASSES
+    _cache: dict = field(default_factory=dict)
+
+    def _get(self, key: str, make: Callable[[], nn.Module]) -> nn.Module:
+        if key not in self._cache:
+            self._cache[key] = make()
+        return copy.deepcopy(self._cache[key])
+
+    def cloud_model(self) -> nn.Module:
+        return self._get("cloud", lambda: load_checkpoint("cloud", self.quick, self.cache_dir))
+
+    def edge_model(self) -> nn.Module:
+        """The default edge model: the sub-model of the cloud model the default edge budget affords."""
+        return self._get("edge", lambda: load_edge_model(self.quick, self.cache_dir))
+
+    def edge_small(self) -> nn.Module:
+        return self._get("edge_small", lambda: load_checkpoint("edge_small", self.quick, self.cache_dir))
+
+    def clean_holdout(self) -> torch.Tensor:
+        """Clean TRAIN-split images (never test images), e.g. for EATA's Fisher information."""
+        return calibration_images(self.quick)
+
+
+class TorchMethod:
+    """An on-device method: a torch model and one function that predicts (and maybe adapts) a batch."""
+
+    def __init__(self, name: str, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.name, self.model, self.forward = name, model, forward
+        self.traffic = Traffic()
+
+    def step(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(batch_to_tensor(images)).argmax(1).numpy()
+
+
+def make_source(ctx: BenchContext) -> Method:
+    model = source.configure_model(ctx.edge_model())
+    return TorchMethod("source", model, lambda x: source.forward(x, model))
+
+
+def make_bn(ctx: BenchContext) -> Method:
+    model = bn.configure_model(ctx.edge_model())
+    return TorchMethod("bn", model, lambda x: bn.forward(x, model))
+
+
+def make_tent(ctx: BenchContext) -> Method:
+    model = tent.configure_model(ctx.edge_model())
+    opt = tent.make_optimizer(tent.collect_params(model))
+    return TorchMethod("tent", model, lambda x: tent.forward_and_adapt(x, model, opt))
+
+
+def make_eata(ctx: BenchContext) -> Method:
+    model = eata.configure_model(ctx.edge_model())
+    params = eata.collect_params(model)
+    state = eata.EataState(ctx.num_classes)
+    state.fishers = eata.compute_fisher(model, ctx.clean_holdout())
+    opt = tent.make_optimizer(params)
+    return TorchMethod("eata", model, lambda x: eata.forward_and_adapt(x, model, opt, state))
+
+
+METHODS: dict[str, Callable[[BenchContext], Method]] = {
+    "source": make_source, "bn": make_bn, "tent": make_tent, "eata": make_eata,
+}
+
+
+def run_method(method: Method, batches: list[tuple[np.ndarray, list]], progress=None, task=None) -> dict:
+    ev = Evaluator()
+    t0 = time.perf_counter()
+    frames = 0
+    for images, truths in batches:
+        pred = method.step(images)
+        ev.add_predictions([t.index for t in truths], pred)
+        frames += len(images)
+        if progress is not None:
+            progress.advance(task, len(images))
+    wall = time.perf_counter() - t0
+    for _, truths in batches:
+        for t in truths:
+            ev.add_truth(t.index, t.label, t.segment_index, t.environment)
+    tr = method.traffic
+    return {"accuracy": ev.accuracy(), "per_segment": ev.per_segment(), "frames": frames,
+            "upload_ratio": tr.uploaded_frames / max(frames, 1), "uplink_bytes": tr.uplink_bytes,
+            "downlink_bytes": tr.downlink_bytes, "updates": tr.updates, "wall_s": round(wall, 2),
+            "_evaluator": ev}
+
+
+def run_bench(methods: list[str], severities: list[int], frames_per_segment: int, batch_size: int, seed: int,
+              quick: bool, cache_dir: Path | None = None, console: Console | None = None) -> dict:
+    console = console or Console()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    ctx = BenchContext(quick, seed, cache_dir)
+    test_x, test_y = load_fashion_mnist("test")
+    cloud, edge, small = ctx.cloud_model(), ctx.edge_model(), ctx.edge_small()
+    models = {name: {"params": count_params(m), "macs": count_macs(m),
+                     "clean_accuracy": round(accuracy(m, test_x, test_y), 4)}
+              for name, m in (("cloud", cloud), ("edge", edge), ("edge_small", small))}
+    models["edge"]["spec"] = edge.spec.to_json()
+    models["edge"]["affine_fraction"] = round(affine_param_fraction(edge), 4)
+    results = {"config": {"methods": methods, "severities": severities, "frames_per_segment": frames_per_segment,
+                          "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True,
+                          "torch_threads": torch.get_num_threads()},
+               "models": models, "runs": {}}
+    evaluators = {}
+    for sev in severities:
+        schedule = default_schedule(sev, frames_per_segment)
+        stream = WorldStream(test_x, test_y, schedule, seed)
+        batches = list(stream.batches(batch_size))  # generated once: every method sees identical frames
+        run = {}
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            for name in methods:
+                torch.manual_seed(seed)
+                method = METHODS[name](ctx)
+                task = progress.add_task(f"severity {sev}: {name}", total=len(stream))
+                res = run_method(method, batches, progress, task)
+                evaluators[(sev, name)] = res.pop("_evaluator")
+                run[name] = res
+                console.print(f"severity {sev} {name:<12} accuracy {res['accuracy']:.4f}  "
+                              f"upload {res['upload_ratio']:.3f}  {res['wall_s']:.1f} s")
+        results["runs"][f"severity_{sev}"] = {"schedule": schedule.to_string(), "methods": run}
+    results["_evaluators"] = evaluators
+    return results
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def to_markdown(results: dict) -> str:
+    lines = ["# eclm-ros bench", ""]
+    cfg = results["config"]
+    lines.append(f"Stream: all 15 corruptions, {cfg['frames_per_segment']} frames each, continual (no reset), "
+                 f"batch {cfg['batch_size']}, seed {cfg['seed']}{', quick models' if cfg['quick'] else ''}.")
+    lines += ["", "| model | params | MACs/frame | clean test accuracy |", "|---|---:|---:|---:|"]
+    for name, m in results["models"].items():
+        lines.append(f"| {name} | {m['params']:,} | {m['macs']:,} | {m['clean_accuracy']:.4f} |")
+    for key, run in results["runs"].items():
+        lines += ["", f"## {key.replace('_', ' ')}", "",
+                  "| method | accuracy | upload ratio | uplink | downlink | updates | frames | wall s |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for name, r in run["methods"].items():
+            lines.append(f"| {name} | {r['accuracy']:.4f} | {r['upload_ratio']:.3f} | {_fmt_bytes(r['uplink_bytes'])}"
+                         f" | {_fmt_bytes(r['downlink_bytes'])} | {r['updates']} | {r['frames']} | {r['wall_s']} |")
+        names = list(run["methods"])
+        segs = list(next(iter(run["methods"].values()))["per_segment"])
+        lines += ["", "| segment | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+        for seg in segs:
+            lines.append(f"| {seg.split(':', 1)[1]} | " + " | ".join(
+                f"{run['methods'][n]['per_segment'][seg]:.3f}" for n in names) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path, window: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sevs = results["config"]["severities"]
+    fig, axes = plt.subplots(len(sevs), 1, figsize=(12, 3.6 * len(sevs)), squeeze=False)
+    for ax, sev in zip(axes[:, 0], sevs):
+        starts = None
+        for name in results["config"]["methods"]:
+            ev = results["_evaluators"][(sev, name)]
+            x, acc = ev.rolling(window)
+            ax.plot(x, acc, label=name, lw=1.2)
+            starts = starts or ev.segment_starts()
+        for frame, env in starts or []:
+            ax.axvline(frame, color="grey", lw=0.5, ls=":")
+            ax.text(frame, 1.01, env.split("@")[0].replace("_", " "), rotation=60, fontsize=6, va="bottom")
+        ax.set_ylim(0, 1)
+        ax.set_ylabel(f"accuracy (rolling {window})")
+        ax.set_title(f"severity {sev}", loc="left", fontsize=9)
+        ax.legend(loc="lower left", fontsize=7, ncol=4)
+    axes[-1, 0].set_xlabel("frame")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    public = {k: v for k, v in results.items() if not k.startswith("_")}
+    (out / "results.json").write_text(json.dumps(public, indent=2))
+    (out / "results.md").write_text(to_markdown(results))
+    plot(results, out / "accuracy.png", window=max(16, results["config"]["frames_per_segment"] // 2))
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="eclm-ros bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and a short stream (CI, < 5 min)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    parser.add_argument("--severity", default="3,5", help="comma-separated severities (1..5)")
+    parser.add_argument("--frames-per-segment", type=int, default=0, help="0 = 1000 (quick: 64)")
+    parser.add_argument("--batch", type=int, default=64, help="frames per step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        severities = [int(s) for s in args.severity.split(",")]
+        if not all(1 <= s <= 5 for s in severities):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--severity takes comma-separated integers 1..5, got {args.severity!r}")
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
+    fps = args.frames_per_segment or (64 if args.quick else 1000)
+    console = Console()
+    try:
+        results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], severities, fps, args.batch,
+                            args.seed, args.quick, args.cache, console)
+    except ValueError as exc:
+        parser.error(str(exc))
+    write_results(results, args.out)
+    console.print(to_markdown(results))
+    console.print(f"wrote {args.out}/results.json, results.md, accuracy.png")
+    return 0

@@ -1,0 +1,355 @@
+"""The modular cloud model (ECLM), the sub-models derived from it, and plain edge models to compare with.
+
+ECLM decomposes the cloud model into combinable modules. Here each stage holds several parallel residual
+modules whose outputs are averaged into the residual stream, so *any* non-empty subset of a stage's modules
+is a working network: a sub-model is a choice of modules per stage, picked for a device's compute budget and
+for the environment it currently sees. Training with random subsets (``training.py``) keeps every choice
+accurate; a sub-model only needs its BatchNorm statistics re-estimated (``recalibrate_bn``).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (1, 1, 28, 28)
+
+
+class BudgetError(ValueError):
+    """No sub-model fits the requested compute budget."""
+
+
+class SpecError(ValueError):
+    """A sub-model spec does not fit the model it is applied to."""
+
+
+@dataclass(frozen=True)
+class SubModelSpec:
+    """Which modules of each stage a sub-model keeps (original module ids, ascending)."""
+
+    stages: tuple[tuple[int, ...], ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"stages": [list(s) for s in self.stages]}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> "SubModelSpec":
+        try:
+            stages = json.loads(text)["stages"]
+            spec = cls(tuple(tuple(sorted(int(m) for m in s)) for s in stages))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpecError(f"not a sub-model spec: {text[:80]!r} ({exc})") from exc
+        if not spec.stages or any(not s or len(set(s)) != len(s) for s in spec.stages):
+            raise SpecError(f"every stage needs at least one distinct module: {spec.stages}")
+        return spec
+
+    @property
+    def num_modules(self) -> int:
+        return sum(len(s) for s in self.stages)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A device's compute budget; 0 means unlimited."""
+
+    max_params: int = 0
+    max_macs: int = 0
+    max_latency_ms: float = 0.0
+
+
+class ResidualModule(nn.Module):
+    """One combinable module: conv-BN-ReLU-conv-BN, a residual branch."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(inplace=True),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU(inplace=True))
+
+
+class Stage(nn.Module):
+    """A shared transition (downsampling) and a set of parallel combinable modules."""
+
+    def __init__(self, cin: int, cout: int, stride: int, module_ids: Sequence[int]) -> None:
+        super().__init__()
+        self.transition = _conv_bn(cin, cout, stride)
+        self.blocks = nn.ModuleList(ResidualModule(cout) for _ in module_ids)
+        self.module_ids = list(module_ids)
+        self.active: list[int] | None = None  # indices into blocks used by forward; None = all
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.transition(x)
+        idx = range(len(self.blocks)) if self.active is None else self.active
+        branch = sum(self.blocks[i](x) for i in idx) / len(idx)
+        return torch.relu(x + branch)
+
+
+class ModularNet(nn.Module):
+    """Stem, stages of combinable modules, head. ``module_ids`` per stage name the cloud modules it holds."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), modules_per_stage: int = 4,
+                 module_ids: Sequence[Sequence[int]] | None = None, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        if module_ids is None:
+            module_ids = [list(range(modules_per_stage)) for _ in widths]
+        self.widths = tuple(widths)
+        self.modules_per_stage = modules_per_stage
+        self.stem = _conv_bn(1, widths[0], 1)
+        self.stages = nn.ModuleList(
+            Stage(widths[max(i - 1, 0)], w, 1 if i == 0 else 2, module_ids[i]) for i, w in enumerate(widths))
+        self.head = nn.Linear(widths[-1], num_classes)
+
+    @property
+    def spec(self) -> SubModelSpec:
+        return SubModelSpec(tuple(tuple(s.module_ids) for s in self.stages))
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this structure (saved with checkpoints)."""
+        return {"widths": list(self.widths), "modules_per_stage": self.modules_per_stage,
+                "module_ids": [list(s.module_ids) for s in self.stages]}
+
+    def set_active(self, spec: SubModelSpec | None) -> None:
+        """Run only ``spec``'s modules (training with random subsets); None runs all."""
+        for stage, ids in zip(self.stages, spec.stages if spec else [None] * len(self.stages)):
+            stage.active = None if ids is None else [stage.module_ids.index(m) for m in ids]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+class SmallCNN(nn.Module):
+    """A fixed small edge model trained on its own: the baseline a composed sub-model must beat."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        layers, cin = [], 1
+        for i, w in enumerate(widths):
+            layers += [_conv_bn(cin, w, 1 if i == 0 else 2), _conv_bn(w, w, 1)]
+            cin = w
+        self.features_ = nn.Sequential(*layers)
+        self.head = nn.Linear(cin, num_classes)
+        self.widths = tuple(widths)
+
+    def config(self) -> dict:
+        return {"widths": list(self.widths)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features_(x), 1), 1))
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
+    """Multiply-accumulates of one forward pass, counted on the real layers with hooks."""
+    total = 0
+
+    def conv_hook(m: nn.Conv2d, _inp, out):
+        nonlocal total
+        total += out.numel() // out.shape[0] * (m.in_channels // m.groups) * m.kernel_size[0] * m.kernel_size[1]
+
+    def linear_hook(m: nn.Linear, _inp, out):
+        nonlocal total
+        total += m.in_features * m.out_features
+
+    hooks = [m.register_forward_hook(conv_hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear_hook) for m in model.modules() if isinstance(m, nn.Linear)]
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return total
+
+
+def build_submodel(cloud: ModularNet, spec: SubModelSpec) -> ModularNet:
+    """A standalone copy of ``cloud`` holding only ``spec``'s modules, weights copied."""
+    check_spec(cloud, spec)
+    sub = ModularNet(cloud.widths, cloud.modules_per_stage, [list(s) for s in spec.stages],
+                     num_classes=cloud.head.out_features)
+    sub.stem.load_state_dict(cloud.stem.state_dict())
+    sub.head.load_state_dict(cloud.head.state_dict())
+    for sub_stage, cloud_stage in zip(sub.stages, cloud.stages):
+        sub_stage.transition.load_state_dict(cloud_stage.transition.state_dict())
+        for block, mid in zip(sub_stage.blocks, sub_stage.module_ids):
+            block.load_state_dict(cloud_stage.blocks[cloud_stage.module_ids.index(mid)].state_dict())
+    return sub.eval()
+
+
+def check_spec(cloud: ModularNet, spec: SubModelSpec) -> None:
+    if len(spec.stages) != len(cloud.stages):
+        raise SpecError(f"spec has {len(spec.stages)} stages, the model {len(cloud.stages)}")
+    for i, (ids, stage) in enumerate(zip(spec.stages, cloud.stages)):
+        if not ids or not set(ids) <= set(stage.module_ids):
+            raise SpecError(f"stage {i}: modules {list(ids)} not a non-empty subset of {stage.module_ids}")
+
+
+def module_key(stage: int, module_id: int) -> str:
+    return f"stages.{stage}.module{module_id}"
+
+
+def submodel_module_state(sub: ModularNet) -> dict[str, torch.Tensor]:
+    """The sub-model's module weights keyed by *cloud* module ids ("stages.1.module3.body.0.weight")."""
+    out = {}
+    for s, stage in enumerate(sub.stages):
+        for block, mid in zip(stage.blocks, stage.module_ids):
+            for name, value in block.state_dict().items():
+                out[f"{module_key(s, mid)}.{name}"] = value.detach().clone()
+    return out
+
+
+def load_module_state(model: ModularNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load module weights keyed by cloud module ids into ``model`` (cloud or sub-model); all or nothing.
+
+    Returns the module keys that changed, so integration can report exactly what it touched.
+    """
+    targets: dict[str, torch.Tensor] = {}
+    for s, stage in enumerate(model.stages):
+        for block, mid in zip(stage.blocks, stage.module_ids):
+            for name, value in block.state_dict().items():
+                targets[f"{module_key(s, mid)}.{name}"] = value
+    unknown = sorted(set(state) - set(targets))
+    if unknown:
+        raise SpecError(f"module state names unknown to this model: {unknown[:5]}")
+    for key, value in state.items():
+        if tuple(value.shape) != tuple(targets[key].shape):
+            raise SpecError(f"{key}: shape {tuple(value.shape)} != {tuple(targets[key].shape)}")
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise SpecError(f"{key}: NaN or Inf")
+    with torch.no_grad():
+        for key, value in state.items():
+            targets[key].copy_(value)
+    return sorted({k.rsplit(".body.", 1)[0] for k in state})
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on clean data (a sub-model sees other activations than
+    the full model it was cut from)."""
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    saved = [(m.momentum, m.training) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calibration batches
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    model.eval()
+    for m, (momentum, _) in zip(bns, saved):
+        m.momentum = momentum
+    return model
+
+
+@lru_cache(maxsize=8)
+def _module_costs(widths: tuple[int, ...], num_classes: int) -> tuple[int, int, list[tuple[int, int]]]:
+    """(base params, base MACs, per-stage (params, MACs) of one module): sub-model costs add up exactly."""
+    one = ModularNet(widths, 1, [[0] for _ in widths], num_classes)
+    p1, m1 = count_params(one), count_macs(one)
+    per_stage = []
+    for s in range(len(widths)):
+        ids = [[0] for _ in widths]
+        ids[s] = [0, 1]
+        two = ModularNet(widths, 2, ids, num_classes)
+        per_stage.append((count_params(two) - p1, count_macs(two) - m1))
+    return p1 - sum(p for p, _ in per_stage), m1 - sum(m for _, m in per_stage), per_stage
+
+
+def _costs(cloud: ModularNet) -> tuple[int, int, list[tuple[int, int]]]:
+    return _module_costs(tuple(cloud.widths), cloud.head.out_features)
+
+
+def spec_cost(cloud: ModularNet, spec: SubModelSpec) -> tuple[int, int]:
+    """(params, MACs) of a sub-model without building it."""
+    base_p, base_m, per_stage = _costs(cloud)
+    return (base_p + sum(len(ids) * per_stage[s][0] for s, ids in enumerate(spec.stages)),
+            base_m + sum(len(ids) * per_stage[s][1] for s, ids in enumerate(spec.stages)))
+
+
+def measure_latency_ms(model: nn.Module, runs: int = 20) -> float:
+    """Median single-frame latency of a torch model on this machine (for latency budgets)."""
+    import time
+
+    x = torch.zeros(INPUT_SHAPE)
+    times = []
+    with torch.no_grad():
+        model(x)
+        for _ in range(runs):
+            t0 = time.perf_counter()
+            model(x)
+            times.append((time.perf_counter() - t0) * 1000)
+    return float(np.median(times))
+
+
+def derive_spec(cloud: ModularNet, budget: Budget,
+                module_scores: Sequence[Sequence[float]] | None = None) -> SubModelSpec:
+    """The sub-model that fits ``budget`` with the highest total module score.
+
+    With no scores (no knowledge of the environment yet) the largest sub-model that fits wins, ties broken
+    towards low module ids. Latency budgets scale the full model's measured latency by MACs.
+    """
+    base_p, base_m, per_stage = _costs(cloud)
+    ids = [stage.module_ids for stage in cloud.stages]
+    if module_scores is None:
+        module_scores = [[1.0 - 1e-3 * j for j in range(len(s))] for s in ids]
+    ms_per_mac = 0.0
+    if budget.max_latency_ms:
+        ms_per_mac = measure_latency_ms(cloud) / max(count_macs(cloud), 1)
+    best, best_key = None, None
+    for counts in itertools.product(*[range(1, len(s) + 1) for s in ids]):
+        params = base_p + sum(k * per_stage[s][0] for s, k in enumerate(counts))
+        macs = base_m + sum(k * per_stage[s][1] for s, k in enumerate(counts))
+        if (budget.max_params and params > budget.max_params) or (budget.max_macs and macs > budget.max_macs) \
+                or (budget.max_latency_ms and macs * ms_per_mac > budget.max_latency_ms):
+            continue
+        chosen = []
+        score = 0.0
+        for s, k in enumerate(counts):
+            order = np.argsort(-np.asarray(module_scores[s], dtype=float), kind="stable")[:k]
+            chosen.append(tuple(sorted(ids[s][j] for j in order)))
+            score += float(np.sum(np.asarray(module_scores[s])[order]))
+        key = (score, macs)
+        if best_key is None or key > best_key:
+            best, best_key = SubModelSpec(tuple(chosen)), key
+    if best is None:
+        smallest = (base_p + sum(p for p, _ in per_stage), base_m + sum(m for _, m in per_stage))
+        raise BudgetError(f"no sub-model fits {budget}: the smallest one needs {smallest[0]} params and "
+                          f"{smallest[1]} MACs per frame")
+    return best
+
+
+def make_model(kind: str, config: dict | None = None) -> nn.Module:
+    """Rebuild a model from its checkpoint's kind and config."""
+    config = config or {}
+    if kind == "modular":
+        return ModularNet(**config)
+    if kind == "small_cnn":
+        return SmallCNN(**config)
+    raise ValueError(f"unknown model kind {kind!r} (modular, small_cnn)")
+
+
+def iter_norm_modules(model: nn.Module) -> Iterable[nn.BatchNorm2d]:
+    return (m for m in model.modules() if isinstance(m, nn.BatchNorm2d))

@@ -1,0 +1,73 @@
+"""The adaptable part of every model: its normalisation layers' affine parameters.
+
+CEMA adapts and ships only these (about 1-2 % of the weights); Tent and EATA train only these. Loading is
+all-or-nothing so a bad update can never leave a model half-changed.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+
+
+class AffineStateError(ValueError):
+    """An affine state that does not fit the model (names, shapes, values)."""
+
+
+def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+
+
+def affine_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """The affine weight/bias parameters of every normalisation layer, by their state-dict name."""
+    out = {}
+    for name, m in norm_layers(model):
+        for pname in ("weight", "bias"):
+            p = getattr(m, pname, None)
+            if isinstance(p, nn.Parameter):
+                out[f"{name}.{pname}"] = p
+    return out
+
+
+def affine_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: p.detach().clone() for k, p in affine_params(model).items()}
+
+
+def load_affine(model: nn.Module, state: Mapping[str, torch.Tensor | np.ndarray]) -> None:
+    """Replace the affine parameters; validates every tensor before touching the model."""
+    params = affine_params(model)
+    if set(state) != set(params):
+        missing = sorted(set(params) - set(state))
+        extra = sorted(set(state) - set(params))
+        raise AffineStateError(f"affine state does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
+    tensors = {}
+    for k, v in state.items():
+        t = torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v, dtype=params[k].dtype)
+        if t.shape != params[k].shape:
+            raise AffineStateError(f"{k}: shape {tuple(t.shape)}, the model has {tuple(params[k].shape)}")
+        if not torch.isfinite(t).all():
+            raise AffineStateError(f"{k}: NaN or Inf")
+        tensors[k] = t
+    with torch.no_grad():
+        for k, t in tensors.items():
+            params[k].copy_(t)
+
+
+def affine_param_fraction(model: nn.Module) -> float:
+    total = sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in affine_params(model).values()) / max(total, 1)
+
+
+def use_batch_stats(model: nn.Module) -> nn.Module:
+    """BatchNorm layers normalise with the current batch's statistics (test-time BN, as Tent does)."""
+    for m in model.modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            m.train()
+            m.track_running_stats = False
+            m.running_mean = None
+            m.running_var = None
+    return model
