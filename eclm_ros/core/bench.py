@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 
 from .adapt import bn, eata, source, tent
+from .collab import METHODS as COLLAB_METHODS
 from .data import load_fashion_mnist
 from .evaluation import Evaluator
 from .models import count_macs, count_params
@@ -117,7 +118,7 @@ def make_eata(ctx: BenchContext) -> Method:
 
 
 METHODS: dict[str, Callable[[BenchContext], Method]] = {
-    "source": make_source, "bn": make_bn, "tent": make_tent, "eata": make_eata,
+    "source": make_source, "bn": make_bn, "tent": make_tent, "eata": make_eata, **COLLAB_METHODS,
 }
 
 

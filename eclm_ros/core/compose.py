@@ -1,0 +1,84 @@
+"""ECLM's composition and integration: sub-models chosen per device and per environment, and what edges
+learn flowing back into the cloud model module by module.
+
+Modules are scored on the frames an edge recently uploaded: a module scores high when the network using only
+it in its stage (the rest of the cloud model intact) agrees with the full cloud model's predictions on those
+frames. The best-scoring sub-model that fits the device's budget is its composition; when the environment
+changes, so do the scores and the composition.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Mapping
+
+import numpy as np
+import torch
+from .models import Budget, ModularNet, SubModelSpec, derive_spec, load_module_state, module_key
+from .norm import use_batch_stats
+from .preprocess import batch_to_tensor
+
+
+@torch.no_grad()
+def score_modules(cloud: ModularNet, images: np.ndarray) -> list[list[float]]:
+    """Per stage, per module: mean probability the single-module network gives the full model's class."""
+    model = use_batch_stats(copy.deepcopy(cloud))  # shifted frames: normalise with their own statistics
+    x = batch_to_tensor(images)
+    model.set_active(None)
+    target = model(x).argmax(1)
+    scores = []
+    for s, stage in enumerate(model.stages):
+        row = []
+        for mid in stage.module_ids:
+            active = [tuple(st.module_ids) for st in model.stages]
+            active[s] = (mid,)
+            model.set_active(SubModelSpec(tuple(active)))
+            probs = model(x).softmax(1)
+            row.append(float(probs.gather(1, target[:, None]).mean()))
+        scores.append(row)
+    model.set_active(None)
+    return scores
+
+
+def compose(cloud: ModularNet, budget: Budget, recent_images: np.ndarray | None) -> SubModelSpec:
+    """The sub-model for a device's budget and the environment its recent uploads show."""
+    scores = score_modules(cloud, recent_images) if recent_images is not None and len(recent_images) > 1 else None
+    return derive_spec(cloud, budget, scores)
+
+
+def needs_recompose(current: SubModelSpec, proposed: SubModelSpec) -> bool:
+    return current != proposed
+
+
+def new_modules(current: SubModelSpec, proposed: SubModelSpec) -> list[tuple[int, int]]:
+    """(stage, module id) the edge does not hold yet: the only modules a re-composition must send."""
+    return [(s, m) for s, (old, new) in enumerate(zip(current.stages, proposed.stages)) for m in new if m not in old]
+
+
+def integrate(cloud: ModularNet, module_state: Mapping[str, torch.Tensor], weight: float) -> list[str]:
+    """Blend an edge's module weights into the cloud's same modules: cloud = (1 - w) cloud + w edge.
+
+    Only the modules named in ``module_state`` change; returns their keys."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"integration weight must be in [0, 1], got {weight}")
+    current = {}
+    for s, stage in enumerate(cloud.stages):
+        for block, mid in zip(stage.blocks, stage.module_ids):
+            for name, value in block.state_dict().items():
+                current[f"{module_key(s, mid)}.{name}"] = value
+    blended = {k: ((1 - weight) * current[k] + weight * v.to(current[k].dtype)) if v.is_floating_point() else v
+               for k, v in module_state.items() if k in current}
+    if len(blended) != len(module_state):
+        unknown = sorted(set(module_state) - set(current))
+        raise ValueError(f"module state names unknown to the cloud model: {unknown[:5]}")
+    return load_module_state(cloud, blended)
+
+
+def module_weights(model: ModularNet, modules: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+    """The weights of the given (stage, module id) of a cloud model, keyed by cloud module ids."""
+    out = {}
+    for s, mid in modules:
+        stage = model.stages[s]
+        block = stage.blocks[stage.module_ids.index(mid)]
+        for name, value in block.state_dict().items():
+            out[f"{module_key(s, mid)}.{name}"] = value.detach().clone()
+    return out

@@ -1,0 +1,128 @@
+"""CEMA's sample selection at the edge: upload only the frames worth learning from, within a budget.
+
+Forward-only: it needs the model's class probabilities and nothing else (numpy; the edge may have no torch).
+A frame is excluded when it is
+- unreliable: entropy E >= E_max (CEMA's dynamic threshold: E_max = 0.4 ln C, scaled by the running mean
+  entropy over the warm-up mean, so a harder environment does not silence the uploads), or
+- low-informative: E <= E_min (the model is already sure), or redundant: |cos(p, p_bar)| >= eps against an EMA
+  of recent predictions (the cloud has seen frames like it).
+On top, an upload budget (a share of frames, or frames per second through a token bucket) is met by raising
+E_min when too much passes and lowering it when too little does: the threshold adapts, the rule stays CEMA's.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+def entropy(probs: np.ndarray) -> np.ndarray:
+    """Per-row entropy of probability vectors [N,C], in nats."""
+    p = np.clip(probs, 1e-12, 1.0)
+    return -(p * np.log(p)).sum(axis=1)
+
+
+@dataclass
+class Selector:
+    """Stateful per-edge selector; ``select`` is O(1) per frame and vectorised over a batch."""
+
+    num_classes: int
+    e_max_factor: float = 0.4
+    e_min_factor: float = 0.02
+    redundancy_eps: float = 0.98
+    ema: float = 0.9
+    dynamic: bool = True
+    warmup_frames: int = 256
+    target_ratio: float = 0.2  # share of frames the link affords (0 = no ratio budget)
+    controller_gain: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.mean_probs: np.ndarray | None = None
+        self.warmup_entropy = 0.0
+        self.running_entropy = 0.0
+        self.seen = 0
+        self.uploaded = 0
+        self.tokens = 0.0
+        self.e_min = self.e_min_factor * math.log(self.num_classes)
+
+    @property
+    def e_max(self) -> float:
+        base = self.e_max_factor * math.log(self.num_classes)
+        if not self.dynamic or self.seen < self.warmup_frames or self.warmup_entropy <= 0:
+            return base
+        return base * min(max(self.running_entropy / self.warmup_entropy, 0.6), 1.6)
+
+    def select(self, probs: np.ndarray, max_frames: float | None = None) -> np.ndarray:
+        """Boolean mask of the batch's frames to upload. ``max_frames`` caps this batch (bytes/s budgets)."""
+        probs = np.asarray(probs, dtype=np.float64)
+        if probs.ndim != 2 or probs.shape[1] != self.num_classes:
+            raise ValueError(f"expected probabilities [N,{self.num_classes}], got {probs.shape}")
+        ent = entropy(probs)
+        n = len(ent)
+        if n == 0:
+            return np.zeros(0, bool)
+        batch_mean = float(ent.mean())
+        if self.seen < self.warmup_frames:
+            self.warmup_entropy = (self.warmup_entropy * self.seen + batch_mean * n) / (self.seen + n)
+            self.running_entropy = self.warmup_entropy
+        else:
+            self.running_entropy = self.ema * self.running_entropy + (1 - self.ema) * batch_mean
+        mask = (ent < self.e_max) & (ent > self.e_min)
+        if self.mean_probs is not None:
+            cos = probs @ self.mean_probs / (np.linalg.norm(probs, axis=1) * np.linalg.norm(self.mean_probs) + 1e-12)
+            mask &= np.abs(cos) < self.redundancy_eps
+        if self.target_ratio > 0:
+            # token bucket: a frame may leave when a token is there; tokens accrue at the target ratio
+            self.tokens = min(self.tokens + self.target_ratio * n, max(4.0, self.target_ratio * n * 2))
+            allowed = int(self.tokens)
+            if mask.sum() > allowed:
+                order = np.argsort(-ent[mask], kind="stable")  # keep the most informative passing frames
+                keep = np.flatnonzero(mask)[order[:allowed]]
+                mask = np.zeros(n, bool)
+                mask[keep] = True
+            self.tokens -= mask.sum()
+            passed = mask.sum() / n
+            self.e_min = float(np.clip(self.e_min + self.controller_gain * (passed - self.target_ratio)
+                                       * math.log(self.num_classes), 0.0, self.e_max * 0.9))
+        if max_frames is not None and mask.sum() > max_frames:
+            keep = np.flatnonzero(mask)[np.argsort(-ent[mask], kind="stable")[:int(max_frames)]]
+            mask = np.zeros(n, bool)
+            mask[keep] = True
+        if mask.any():
+            batch_p = probs[mask].mean(0)
+            self.mean_probs = batch_p if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * batch_p
+        self.seen += n
+        self.uploaded += int(mask.sum())
+        return mask
+
+    @property
+    def upload_ratio(self) -> float:
+        return self.uploaded / max(self.seen, 1)
+
+
+def encode_frames(images: np.ndarray, encoding: str = "png", quality: int = 90) -> list[bytes]:
+    """Compress frames for upload: PNG (lossless, small for 28x28 grey) or JPEG at ``quality``."""
+    if encoding not in ("png", "jpeg"):
+        raise ValueError(f"encoding must be png or jpeg, got {encoding!r}")
+    ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6]) if encoding == "png" else (
+        ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    out = []
+    for img in images:
+        ok, buf = cv2.imencode(ext, img, params)
+        if not ok:
+            raise ValueError(f"cannot encode a frame of shape {img.shape} as {encoding}")
+        out.append(buf.tobytes())
+    return out
+
+
+def decode_frames(blobs: list[bytes]) -> np.ndarray:
+    """Decode uploaded frames (grey) into uint8 [N,H,W]; refuses anything that is not an image."""
+    imgs = []
+    for i, blob in enumerate(blobs):
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE)
+        if img is None:
+            raise ValueError(f"frame {i} is not a decodable PNG/JPEG image")
+        imgs.append(img)
+    return np.stack(imgs) if imgs else np.zeros((0, 28, 28), np.uint8)
