@@ -98,3 +98,77 @@ def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray
     msg.header.stamp = stamp
     msg.status = statuses
     return msg
+
+
+class NodeParameters:
+    """Declares parameters with descriptions and refuses bad values, at start-up (from the YAML) and on
+    every later ``set_parameters`` (the reason goes back to the caller)."""
+
+    def __init__(self, node) -> None:
+        self.node = node
+        self.checks: dict[str, tuple] = {}
+        node.add_on_set_parameters_callback(self._on_set)
+
+    def declare(self, name: str, default, description: str, check=None, why: str = "", read_only: bool = False):
+        from rcl_interfaces.msg import ParameterDescriptor
+
+        self.node.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only))
+        value = self.node.get_parameter(name).value
+        if check is not None and not check(value):
+            raise ValueError(f"parameter {name}={value!r} refused: {why}")
+        self.checks[name] = (check, why)
+        return value
+
+    def _on_set(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+
+        for p in params:
+            check, why = self.checks.get(p.name, (None, ""))
+            if check is not None and not check(p.value):
+                return SetParametersResult(successful=False, reason=f"{p.name}={p.value!r} refused: {why}")
+        return SetParametersResult(successful=True)
+
+
+class Diagnostics:
+    """Publishes one DiagnosticStatus for a node on /diagnostics."""
+
+    def __init__(self, node, name: str) -> None:
+        self.node, self.name = node, name
+        self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+    def publish(self, level: bytes, message: str, values: Mapping[str, object]) -> None:
+        status = diagnostic(f"{self.node.get_name()}: {self.name}", self.node.get_fully_qualified_name(), level,
+                            message, values)
+        self.pub.publish(diagnostic_array(self.node.get_clock().now().to_msg(), [status]))
+
+
+def run_node(node_factory) -> None:
+    """Standard main(): init, spin (multi-threaded when the node asks for it), clean exit on SIGINT.
+    A node whose parameters are refused exits with status 2 and the reason."""
+    import sys
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    rclpy.init(args=sys.argv)
+    try:
+        node = node_factory()
+    except ValueError as exc:
+        print(f"[FATAL] {exc}", file=sys.stderr)
+        rclpy.try_shutdown()
+        sys.exit(2)
+    executor = MultiThreadedExecutor(num_threads=3) if getattr(node, "multi_threaded", False) else None
+    try:
+        if executor is not None:
+            executor.add_node(node)
+            executor.spin()
+        else:
+            rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        close = getattr(node, "close", None)
+        if close is not None:
+            close()
+        node.destroy_node()
+        rclpy.try_shutdown()

@@ -71,3 +71,22 @@ def use_batch_stats(model: nn.Module) -> nn.Module:
             m.running_mean = None
             m.running_var = None
     return model
+
+
+def use_ema_stats(model: nn.Module, momentum: float = 0.05) -> list:
+    """Forward-only test-time BN for a frame-by-frame edge: each BatchNorm layer first folds the incoming
+    activations' statistics into its running statistics (EMA), then normalises with them. A single frame
+    cannot supply batch statistics; an EMA over recent frames tracks the environment just the same.
+    Returns the hook handles (``handle.remove()`` restores plain eval behaviour)."""
+    if not 0 < momentum <= 1:
+        raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+
+    def hook(bn: nn.BatchNorm2d, args):
+        x = args[0].detach()
+        dims = [0] + list(range(2, x.dim()))
+        bn.running_mean.mul_(1 - momentum).add_(x.mean(dims), alpha=momentum)
+        bn.running_var.mul_(1 - momentum).add_(x.var(dims, unbiased=False), alpha=momentum)
+
+    model.eval()
+    return [m.register_forward_pre_hook(hook) for m in model.modules()
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None]

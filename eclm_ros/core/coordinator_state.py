@@ -1,0 +1,54 @@
+"""The cloud coordinator's state: its strategy, each edge's model version, its signing key; saved atomically
+and restored on restart so edges keep their versions and what the cloud learned for them."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from .signing import SignatureError, load_private_key
+from .strategies import DistilStrategy, Profile, Update
+from .training import load_checkpoint
+
+log = logging.getLogger(__name__)
+STATE_FILE = "coordinator_state.pt"
+
+
+class CoordinatorState:
+    def __init__(self, quick: bool = False, cache_dir: str | None = None, state_dir: str | None = None,
+                 private_key_path: str | None = None) -> None:
+        self.strategy = DistilStrategy(load_checkpoint("cloud", quick, cache_dir), quick=quick)
+        self.versions: dict[str, int] = {}
+        self.last_status: dict[str, dict] = {}
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.private_key = load_private_key(private_key_path) if private_key_path else None
+        if self.state_dir is not None and (self.state_dir / STATE_FILE).exists():
+            self.restore()
+
+    def register(self, edge_id: str, profile: Profile, current_version: int) -> Update:
+        """Never hand an edge a version at or below the one it serves (it would refuse it as stale)."""
+        if not edge_id:
+            raise ValueError("edge_id must not be empty")
+        update = self.strategy.register(edge_id, profile)
+        self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(current_version))
+        return update
+
+    def save(self) -> None:
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        torch.save({"versions": dict(self.versions), "strategy": self.strategy.state_dict()}, tmp)
+        os.replace(tmp, self.state_dir / STATE_FILE)
+
+    def restore(self) -> None:
+        path = self.state_dir / STATE_FILE
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            self.strategy.load_state_dict(blob["strategy"])
+            self.versions = {str(k): int(v) for k, v in blob["versions"].items()}
+        except (OSError, RuntimeError, KeyError, ValueError, SignatureError) as exc:
+            log.error("cannot restore %s (%s): starting without saved state", path, exc)
+            self.versions = {}

@@ -1,0 +1,239 @@
+"""edge_learner: infer on any camera topic, upload the frames worth learning from, take cloud updates.
+
+Subscribes `image` (remap it to your camera), publishes `predictions`; talks to the cloud on
+`/eclm/samples`, `/eclm/model_updates`, `/eclm/edge_status` and the `/eclm/register_edge` service; follows
+the link budget on `bandwidth`. It keeps serving with its last good model whatever arrives or fails.
+"""
+import json
+import time
+from collections import deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from eclm_ros.core.bandwidth import LinkEstimate, upload_budget_bps
+from eclm_ros.core.data import FASHION_MNIST_CLASSES
+from eclm_ros.core.edge_runtime import TorchEdgeRuntime, UpdateError
+from eclm_ros.core.models import ModularNet
+from eclm_ros.core.preprocess import ImageFormatError, to_gray, to_model_input
+from eclm_ros.core.selection import Selector, encode_frames
+from eclm_ros.core.signing import SignatureError, load_public_key
+from eclm_ros.core.tensor_codec import CodecError, unpack
+from eclm_ros.core.training import load_edge_model
+from eclm_ros.core.updates import KIND_FULL, KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader, UpdateRejected, check_update
+from eclm_ros.msg import (BandwidthEstimate, DeviceProfile, EdgeStatus, EncodedFrame, ModelUpdate, Prediction,
+                          SampleBatch)
+from eclm_ros.ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, NodeParameters,
+                            image_to_numpy, msg_to_bundle, run_node)
+from eclm_ros.srv import RegisterEdge
+
+
+class EdgeLearner(Node):
+    def __init__(self) -> None:
+        super().__init__("edge_learner")
+        p = NodeParameters(self)
+        self.edge_id = p.declare("edge_id", "robot1", "this edge's id on the edge-cloud link", bool, "not empty",
+                                 read_only=True)
+        quick = p.declare("quick_models", False, "use the tiny --quick models (tests)")
+        cache = p.declare("model_cache", "", "checkpoint cache directory ('' = $ECLM_ROS_CACHE or ~/.cache/eclm_ros)")
+        self.upload_ratio = p.declare("upload_ratio", 0.2, "share of frames the edge may upload",
+                                      lambda v: 0 <= v <= 1, "must be in [0, 1]")
+        self.upload_batch = p.declare("upload_batch", 16, "frames per SampleBatch", lambda v: 1 <= v <= 1024,
+                                      "must be in [1, 1024]")
+        self.max_queue = p.declare("max_queued_batches", 32, "uploads kept while the cloud is unreachable",
+                                   lambda v: v >= 1, "must be >= 1")
+        momentum = p.declare("bn_momentum", 0.05, "per-frame EMA of BatchNorm statistics (forward-only adaptation)",
+                             lambda v: 0 < v <= 1, "must be in (0, 1]")
+        key = p.declare("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or "
+                        "wrongly signed updates are refused")
+        self.max_update_bytes = p.declare("max_update_bytes", 64 * 1024 * 1024, "largest update accepted",
+                                          lambda v: v > 0, "must be > 0")
+        cloud = p.declare("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services")
+        self.public_key = load_public_key(key) if key else None
+
+        self.runtime = TorchEdgeRuntime(load_edge_model(quick, cache or None), momentum)
+        self.version = 0
+        self.spec = json.dumps({"module_ids": [list(s) for s in self.runtime.model.spec.stages]})
+        self.selector = Selector(10, target_ratio=self.upload_ratio)
+        self.input = np.empty((1, 1, 28, 28), np.float32)
+        self.pending: list[tuple] = []
+        self.queue: deque[SampleBatch] = deque(maxlen=self.max_queue)
+        self.budget_bps = float("inf")  # until the bandwidth monitor reports, the link is not limited
+        self.tokens = 0.0
+        self.counters = dict(frames=0, uploaded=0, applied=0, rejected_updates=0, rejected_images=0,
+                             dropped_batches=0, batches_sent=0)
+        self.last_reject = ""
+        self.latencies: deque[float] = deque(maxlen=200)
+        self.entropies: deque[float] = deque(maxlen=200)
+        self.frame_times: deque[float] = deque(maxlen=200)
+        self.registered = False
+        self.register_future = None
+
+        self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
+        self.sample_pub = self.create_publisher(SampleBatch, f"{cloud}/samples", RELIABLE_QOS)
+        self.status_pub = self.create_publisher(EdgeStatus, f"{cloud}/edge_status", RELIABLE_QOS)
+        self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
+        self.create_subscription(ModelUpdate, f"{cloud}/model_updates", self.on_update, UPDATE_QOS)
+        self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
+        self.register_client = self.create_client(RegisterEdge, f"{cloud}/register_edge")
+        self.diagnostics = Diagnostics(self, "edge learner")
+        self.create_timer(1.0, self.on_status)
+        self.create_timer(0.5, self.on_link)
+        self.get_logger().info(f"edge {self.edge_id} serving {self.spec}, waiting for the cloud")
+
+    def on_image(self, msg: Image) -> None:
+        t0 = time.perf_counter()
+        try:
+            img = image_to_numpy(msg)
+            x = to_model_input(img, "bgr" if msg.encoding == "bgr8" else "rgb", out=self.input[0])
+        except (ImageError, ImageFormatError) as exc:
+            self.counters["rejected_images"] += 1
+            self.last_reject = f"image: {exc}"
+            self.get_logger().warn(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            return
+        probs = self.runtime.infer(x[None])[0]
+        cls = int(probs.argmax())
+        ent = float(-(probs * np.log(np.clip(probs, 1e-12, 1))).sum())
+        selected = bool(self.selector.select(probs[None])[0])
+        self.pred_pub.publish(Prediction(header=msg.header, class_id=cls, label=FASHION_MNIST_CLASSES[cls],
+                                         score=float(probs[cls]), entropy=ent, model_version=self.version,
+                                         selected=selected))
+        self.counters["frames"] += 1
+        self.latencies.append((time.perf_counter() - t0) * 1000)
+        self.entropies.append(ent)
+        self.frame_times.append(time.monotonic())
+        if selected:
+            gray = to_gray(img, "bgr" if msg.encoding == "bgr8" else "rgb")
+            self.pending.append((msg.header.stamp, gray, cls, ent, probs))
+            if len(self.pending) >= self.upload_batch:
+                self.enqueue_batch()
+
+    def enqueue_batch(self) -> None:
+        stamps, grays, classes, ents, probs = zip(*self.pending)
+        self.pending = []
+        batch = SampleBatch(edge_id=self.edge_id, batch_seq=self.counters["batches_sent"] + len(self.queue) + 1,
+                            model_version=self.version, encoding="png", num_classes=10)
+        batch.header.stamp = self.get_clock().now().to_msg()
+        batch.stamps = list(stamps)
+        batch.frames = [EncodedFrame(width=g.shape[1], height=g.shape[0], channels=1, data=blob)
+                        for g, blob in zip(grays, encode_frames(np.stack([g for g in grays])
+                                                                if len({g.shape for g in grays}) == 1 else grays))]
+        batch.predicted_class = [int(c) for c in classes]
+        batch.entropy = [float(e) for e in ents]
+        batch.probabilities = np.concatenate(probs).astype(np.float32).tolist()
+        if len(self.queue) == self.queue.maxlen:
+            self.counters["dropped_batches"] += 1
+        self.queue.append(batch)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send queued uploads while the cloud is registered and the link budget allows."""
+        while self.queue and self.registered:
+            batch = self.queue[0]
+            bits = 8 * sum(len(f.data) for f in batch.frames)
+            if self.budget_bps != float("inf"):
+                if bits > self.tokens:  # the link's budget is spent: the batch waits for the next tick
+                    break
+                self.tokens -= bits
+            self.queue.popleft()
+            self.sample_pub.publish(batch)
+            self.counters["batches_sent"] += 1
+            self.counters["uploaded"] += len(batch.frames)
+
+    def on_bandwidth(self, msg: BandwidthEstimate) -> None:
+        est = LinkEstimate(msg.uplink_bps, msg.downlink_bps, msg.rtt_ms, msg.rtt_p95_ms, msg.loss, msg.link_up)
+        self.budget_bps = msg.upload_budget_bps if msg.link_up and msg.upload_budget_bps > 0 else \
+            upload_budget_bps(est)
+
+    def on_update(self, msg: ModelUpdate) -> None:
+        header = UpdateHeader(msg.target_edge, msg.update_id, msg.version, msg.base_version, msg.kind,
+                              msg.submodel_spec, msg.signature_scheme, msg.key_id, bytes(msg.signature))
+        if msg.target_edge not in (self.edge_id, "*"):
+            return  # another robot's update: not an error
+        try:
+            if msg.chunk_count != 1:
+                raise UpdateRejected(f"chunked updates ({msg.chunk_count} chunks) are not supported by this edge")
+            bundle = msg_to_bundle(msg.bundle)
+            check_update(header, bundle, edge_id=self.edge_id, current_version=self.version,
+                         public_key=self.public_key, max_bytes=self.max_update_bytes)
+            if msg.kind == KIND_FULL:
+                model = ModularNet(**json.loads(msg.submodel_spec))
+                tensors = unpack(bundle, max_bytes=self.max_update_bytes,
+                                 templates={k: tuple(v.shape) for k, v in model.state_dict().items()})
+                self.runtime.swap(model, tensors)
+                self.spec = msg.submodel_spec
+            elif msg.kind == KIND_NORM_AFFINE:
+                if msg.submodel_spec != self.spec:
+                    raise UpdateRejected("affine update for another sub-model structure")
+                self.runtime.apply_affine(unpack(bundle, max_bytes=self.max_update_bytes,
+                                                 templates=self.runtime.affine_templates()))
+            else:
+                raise UpdateRejected(f"{KIND_NAMES[msg.kind]} updates are not supported by this edge yet")
+        except (UpdateRejected, UpdateError, CodecError, SignatureError, ValueError, TypeError, KeyError) as exc:
+            self.counters["rejected_updates"] += 1
+            self.last_reject = f"update v{msg.version}: {exc}"
+            self.get_logger().warn(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
+            return
+        self.version = msg.version
+        self.counters["applied"] += 1
+        self.get_logger().info(f"applied {KIND_NAMES[msg.kind]} update, now serving version {self.version}",
+                               throttle_duration_sec=2.0)
+
+    def on_link(self) -> None:
+        """Register when the cloud appears; notice when it is gone (then uploads queue, serving goes on)."""
+        if self.budget_bps != float("inf"):  # token bucket: 0.5 s of budget per tick, at most 2 s saved
+            self.tokens = min(self.tokens + 0.5 * self.budget_bps, 2.0 * self.budget_bps)
+        ready = self.register_client.service_is_ready()
+        if not ready:
+            if self.registered:
+                self.get_logger().warn("cloud unreachable: serving with the last good model, queueing uploads")
+            self.registered = False
+            return
+        if not self.registered and self.register_future is None:
+            profile = DeviceProfile(runtime=DeviceProfile.RUNTIME_FORWARD_ONLY, device="eclm_ros edge")
+            self.register_future = self.register_client.call_async(
+                RegisterEdge.Request(edge_id=self.edge_id, profile=profile, current_version=self.version))
+            self.register_future.add_done_callback(self.on_registered)
+        self.flush()
+
+    def on_registered(self, future) -> None:
+        self.register_future = None
+        response = future.result()
+        if response is None or not response.accepted:
+            self.get_logger().error(f"registration refused: {getattr(response, 'message', 'no response')}")
+            return
+        self.registered = True
+        self.get_logger().info(f"registered with the cloud: sub-model {response.submodel_spec}, "
+                               f"version {response.version} follows")
+
+    def _fps(self) -> float:
+        if len(self.frame_times) < 2:
+            return 0.0
+        return (len(self.frame_times) - 1) / max(self.frame_times[-1] - self.frame_times[0], 1e-6)
+
+    def on_status(self) -> None:
+        c = self.counters
+        ratio = c["uploaded"] / max(c["frames"], 1)
+        status = EdgeStatus(edge_id=self.edge_id, model_version=self.version, submodel_spec=self.spec,
+                            fps=self._fps(), upload_ratio=ratio, frames_seen=c["frames"],
+                            frames_uploaded=c["uploaded"], updates_applied=c["applied"],
+                            updates_rejected=c["rejected_updates"], upload_queue=len(self.queue),
+                            latency_p50_ms=float(np.median(self.latencies)) if self.latencies else 0.0,
+                            mean_entropy=float(np.mean(self.entropies)) if self.entropies else 0.0)
+        status.header.stamp = self.get_clock().now().to_msg()
+        status.profile.runtime = DeviceProfile.RUNTIME_FORWARD_ONLY
+        self.status_pub.publish(status)
+        level = DiagnosticStatus.OK if self.registered else DiagnosticStatus.WARN
+        self.diagnostics.publish(level, "registered" if self.registered else "cloud unreachable", {
+            **c, "model_version": self.version, "upload_ratio": f"{ratio:.3f}", "fps": f"{self._fps():.1f}",
+            "upload_queue": len(self.queue), "last_reject": self.last_reject})
+
+
+def main() -> None:
+    run_node(EdgeLearner)
+
+
+if __name__ == "__main__":
+    main()
