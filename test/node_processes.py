@@ -75,3 +75,41 @@ def wait_for(predicate: Callable[[], object], timeout: float, what: str, interva
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Listener:
+    """An rclpy node inside the test process that records what the system publishes (spun on a thread)."""
+
+    def __init__(self, subscriptions: dict[str, tuple[type, object]]) -> None:
+        import threading
+
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node("test_listener", context=self.context)
+        self.received: dict[str, list] = {topic: [] for topic in subscriptions}
+        for topic, (msg_type, qos) in subscriptions.items():
+            self.node.create_subscription(msg_type, topic, lambda m, t=topic: self.received[t].append(m), qos)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # shutdown while spinning
+            pass
+
+    def publisher(self, msg_type, topic: str, qos):
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        self.node.destroy_node()
+        import rclpy
+
+        rclpy.try_shutdown(context=self.context)
+        self.thread.join(timeout=5)

@@ -27,10 +27,15 @@ class CoordinatorState:
         if self.state_dir is not None and (self.state_dir / STATE_FILE).exists():
             self.restore()
 
-    def register(self, edge_id: str, profile: Profile, current_version: int) -> Update:
-        """Never hand an edge a version at or below the one it serves (it would refuse it as stale)."""
+    def register(self, edge_id: str, profile: Profile, current_version: int) -> Update | None:
+        """A registration doubles as the edge's heartbeat: an edge already in sync (same profile, the version
+        the cloud last sent) gets nothing; a new, returning or out-of-sync edge gets its full model, at a
+        version above the one it serves (it would refuse a lower one as stale)."""
         if not edge_id:
             raise ValueError("edge_id must not be empty")
+        session = self.strategy.sessions.get(edge_id)
+        if session is not None and session.profile == profile and self.versions.get(edge_id) == current_version:
+            return None
         update = self.strategy.register(edge_id, profile)
         self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(current_version))
         return update

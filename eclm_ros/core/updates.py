@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .signing import SCHEME, SignatureError, key_id, sign, verify
-from .tensor_codec import Bundle, signing_bytes
+from .tensor_codec import Bundle, digest, signing_bytes
 
 KIND_NORM_AFFINE, KIND_MODULES, KIND_FULL = 0, 1, 2
 KIND_NAMES = {KIND_NORM_AFFINE: "norm_affine", KIND_MODULES: "modules", KIND_FULL: "full"}
@@ -45,6 +45,8 @@ def signature_for(header: UpdateHeader, bundle: Bundle, private_key) -> tuple[st
 def check_update(header: UpdateHeader, bundle: Bundle, *, edge_id: str, current_version: int,
                  public_key=None, max_bytes: int = 64 * 1024 * 1024) -> None:
     """Raise UpdateRejected with the reason unless the edge may apply this update."""
+    if digest(bundle.payload) != bundle.digest:
+        raise UpdateRejected("digest mismatch: the payload was altered or truncated in transit")
     if header.target_edge not in (edge_id, "*"):
         raise UpdateRejected(f"update {header.update_id[:8]} is for {header.target_edge!r}, not {edge_id!r}")
     if header.kind not in KIND_NAMES:

@@ -86,11 +86,15 @@ class CloudCoordinator(Node):
             update = self.state.register(request.edge_id, profile, request.current_version)
         except ValueError as exc:
             response.accepted, response.message = False, str(exc)
-            self.get_logger().warn(f"refused registration of {request.edge_id!r}: {exc}")
+            self.get_logger().warning(f"refused registration of {request.edge_id!r}: {exc}")
+            return response
+        response.accepted = True
+        if update is None:
+            response.version, response.message = request.current_version, "in sync"
+            response.submodel_spec = self.state.strategy.sessions[request.edge_id].spec_json
             return response
         response.version = self.publish_update(request.edge_id, update)
-        response.accepted, response.submodel_spec = True, update.submodel_spec
-        response.message = "registered"
+        response.submodel_spec, response.message = update.submodel_spec, "registered"
         self.counters["registrations"] += 1
         self.get_logger().info(f"edge {request.edge_id} registered, sent version {response.version}")
         return response
@@ -105,7 +109,7 @@ class CloudCoordinator(Node):
         except ValueError as exc:
             self.counters["rejected_batches"] += 1
             self.last_reject = f"batch {msg.batch_seq} of {msg.edge_id}: {exc}"
-            self.get_logger().warn(self.last_reject)
+            self.get_logger().warning(self.last_reject)
             return
         if frames.shape[1:] != (28, 28):
             frames = np.stack([cv2.resize(f, (28, 28), interpolation=cv2.INTER_AREA) for f in frames])

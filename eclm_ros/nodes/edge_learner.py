@@ -51,6 +51,8 @@ class EdgeLearner(Node):
         self.max_update_bytes = p.declare("max_update_bytes", 64 * 1024 * 1024, "largest update accepted",
                                           lambda v: v > 0, "must be > 0")
         cloud = p.declare("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services")
+        self.heartbeat = p.declare("register_period_s", 5.0, "re-registration heartbeat: a restarted cloud is "
+                                   "noticed within this time", lambda v: v > 0, "must be > 0")
         self.public_key = load_public_key(key) if key else None
 
         self.runtime = TorchEdgeRuntime(load_edge_model(quick, cache or None), momentum)
@@ -63,13 +65,14 @@ class EdgeLearner(Node):
         self.budget_bps = float("inf")  # until the bandwidth monitor reports, the link is not limited
         self.tokens = 0.0
         self.counters = dict(frames=0, uploaded=0, applied=0, rejected_updates=0, rejected_images=0,
-                             dropped_batches=0, batches_sent=0)
+                             dropped_batches=0, batches_sent=0, ignored_updates=0)
         self.last_reject = ""
         self.latencies: deque[float] = deque(maxlen=200)
         self.entropies: deque[float] = deque(maxlen=200)
         self.frame_times: deque[float] = deque(maxlen=200)
         self.registered = False
         self.register_future = None
+        self.register_sent = 0.0
 
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
         self.sample_pub = self.create_publisher(SampleBatch, f"{cloud}/samples", RELIABLE_QOS)
@@ -91,7 +94,7 @@ class EdgeLearner(Node):
         except (ImageError, ImageFormatError) as exc:
             self.counters["rejected_images"] += 1
             self.last_reject = f"image: {exc}"
-            self.get_logger().warn(f"rejected image: {exc}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
             return
         probs = self.runtime.infer(x[None])[0]
         cls = int(probs.argmax())
@@ -150,8 +153,10 @@ class EdgeLearner(Node):
     def on_update(self, msg: ModelUpdate) -> None:
         header = UpdateHeader(msg.target_edge, msg.update_id, msg.version, msg.base_version, msg.kind,
                               msg.submodel_spec, msg.signature_scheme, msg.key_id, bytes(msg.signature))
-        if msg.target_edge not in (self.edge_id, "*"):
-            return  # another robot's update: not an error
+        if msg.target_edge not in (self.edge_id, "*"):  # another robot's update: counted, not an error
+            self.counters["ignored_updates"] += 1
+            self.get_logger().info(f"ignored update v{msg.version} for {msg.target_edge!r}", throttle_duration_sec=10.0)
+            return
         try:
             if msg.chunk_count != 1:
                 raise UpdateRejected(f"chunked updates ({msg.chunk_count} chunks) are not supported by this edge")
@@ -174,7 +179,7 @@ class EdgeLearner(Node):
         except (UpdateRejected, UpdateError, CodecError, SignatureError, ValueError, TypeError, KeyError) as exc:
             self.counters["rejected_updates"] += 1
             self.last_reject = f"update v{msg.version}: {exc}"
-            self.get_logger().warn(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
+            self.get_logger().warning(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
             return
         self.version = msg.version
         self.counters["applied"] += 1
@@ -182,21 +187,30 @@ class EdgeLearner(Node):
                                throttle_duration_sec=2.0)
 
     def on_link(self) -> None:
-        """Register when the cloud appears; notice when it is gone (then uploads queue, serving goes on)."""
+        """Register with the cloud and keep re-registering as a heartbeat: a dead or restarted cloud is noticed
+        (a call that is not answered in time), uploads queue meanwhile, and serving never stops."""
         if self.budget_bps != float("inf"):  # token bucket: 0.5 s of budget per tick, at most 2 s saved
             self.tokens = min(self.tokens + 0.5 * self.budget_bps, 2.0 * self.budget_bps)
-        ready = self.register_client.service_is_ready()
-        if not ready:
-            if self.registered:
-                self.get_logger().warn("cloud unreachable: serving with the last good model, queueing uploads")
-            self.registered = False
-            return
-        if not self.registered and self.register_future is None:
+        now = time.monotonic()
+        if self.register_future is not None:
+            if now - self.register_sent > 3 * self.heartbeat:  # no answer: the cloud is gone or hung
+                self.register_client.remove_pending_request(self.register_future)
+                self.register_future = None
+                self.set_registered(False)
+        elif not self.register_client.service_is_ready():
+            self.set_registered(False)
+        elif not self.registered or now - self.register_sent > self.heartbeat:
             profile = DeviceProfile(runtime=DeviceProfile.RUNTIME_FORWARD_ONLY, device="eclm_ros edge")
+            self.register_sent = now
             self.register_future = self.register_client.call_async(
                 RegisterEdge.Request(edge_id=self.edge_id, profile=profile, current_version=self.version))
             self.register_future.add_done_callback(self.on_registered)
         self.flush()
+
+    def set_registered(self, registered: bool) -> None:
+        if self.registered and not registered:
+            self.get_logger().warning("cloud unreachable: serving with the last good model, queueing uploads")
+        self.registered = registered
 
     def on_registered(self, future) -> None:
         self.register_future = None
@@ -204,9 +218,10 @@ class EdgeLearner(Node):
         if response is None or not response.accepted:
             self.get_logger().error(f"registration refused: {getattr(response, 'message', 'no response')}")
             return
-        self.registered = True
-        self.get_logger().info(f"registered with the cloud: sub-model {response.submodel_spec}, "
-                               f"version {response.version} follows")
+        if not self.registered:
+            self.get_logger().info(f"registered with the cloud: sub-model {response.submodel_spec}, "
+                                   f"version {response.version}")
+        self.set_registered(True)
 
     def _fps(self) -> float:
         if len(self.frame_times) < 2:

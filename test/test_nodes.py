@@ -1,0 +1,211 @@
+"""The ROS 2 system as separate node processes over DDS (quick models): the loop closes and helps, bad input is
+refused while serving goes on, and the edge survives the cloud's death and resyncs after it returns."""
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from node_processes import REPO, Listener, NodeProcess, ros_available, wait_for
+
+pytestmark = pytest.mark.skipif(ros_available() is not None, reason=str(ros_available()))
+
+BIN = REPO / "install" / "eclm_ros" / "lib" / "eclm_ros"
+SCHEDULE = "contrast@5:100000"
+
+
+class System:
+    """Writes each node's parameter YAML and starts node executables as separate processes."""
+
+    def __init__(self, tmp: Path, cache: Path) -> None:
+        from eclm_ros.core.signing import generate_key, save_key_pair
+
+        self.tmp, self.cache = tmp, cache
+        save_key_pair(generate_key(), tmp / "cloud.pem", tmp / "cloud.pub")
+        self.procs: list[NodeProcess] = []
+        common = {"quick_models": True, "model_cache": str(cache)}
+        self.params = {
+            "cloud_coordinator": {**common, "private_key": str(tmp / "cloud.pem"), "state_dir": str(tmp / "state"),
+                                  "save_period_s": 1.0},
+            "edge_learner": {**common, "cloud_public_key": str(tmp / "cloud.pub"), "upload_batch": 8,
+                             "upload_ratio": 0.3, "register_period_s": 2.0},
+            "camera_stream": {"schedule": SCHEDULE, "seed": 3, "rate_hz": 40.0},
+            "bandwidth_monitor": {"probe_period_s": 0.5},
+        }
+
+    def start(self, name: str, namespace: str) -> NodeProcess:
+        path = self.tmp / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": self.params[name]}}))
+        proc = NodeProcess([sys.executable, str(BIN / name), "--ros-args", "-r", f"__ns:={namespace}",
+                            "--params-file", str(path)], self.tmp / f"{name}-{len(self.procs)}.log")
+        self.procs.append(proc)
+        return proc
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.command[1]}\n{p.output()[-3000:]}" for p in self.procs)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop()
+
+
+@pytest.fixture
+def system(tmp_path, quick_cache):
+    s = System(tmp_path, quick_cache)
+    yield s
+    s.stop()
+
+
+def _listener():
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from eclm_ros.msg import GroundTruth, Prediction
+    from eclm_ros.ros_io import RELIABLE_QOS
+
+    return Listener({"/robot1/predictions": (Prediction, RELIABLE_QOS),
+                     "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
+                     "/diagnostics": (DiagnosticArray, 50)})
+
+
+def _edge_values(listener) -> dict[str, str]:
+    for arr in reversed(listener.received["/diagnostics"]):
+        for status in arr.status:
+            if "edge_learner" in status.name:
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def _stamp(header) -> tuple[int, int]:
+    return header.stamp.sec, header.stamp.nanosec
+
+
+def test_loop_closes_and_beats_the_source_model(system, quick_cache):
+    from eclm_ros.core.data import load_fashion_mnist
+    from eclm_ros.core.preprocess import batch_to_tensor
+    from eclm_ros.core.training import load_edge_model
+    from eclm_ros.core.world import WorldStream, parse_schedule
+
+    listener = _listener()
+    try:
+        for name, ns in (("cloud_coordinator", "/eclm"), ("edge_learner", "/robot1"), ("camera_stream", "/robot1")):
+            system.start(name, ns)
+        preds = listener.received["/robot1/predictions"]
+        wait_for(lambda: sum(p.model_version >= 4 for p in preds) >= 300, 120,
+                 "300 predictions from model version >= 4 (frames in, samples up, updates down)")
+        truths = {_stamp(t.header): t for t in listener.received["/robot1/ground_truth"]}
+    finally:
+        listener.close()
+    assert min(p.model_version for p in preds) <= 1 < max(p.model_version for p in preds)
+    adapted = [(truths[_stamp(p.header)], p) for p in preds if p.model_version >= 4 and _stamp(p.header) in truths]
+    assert len(adapted) >= 200, system.logs()
+    x, y = load_fashion_mnist("test")
+    stream = WorldStream(x, y, parse_schedule(SCHEDULE), seed=3)
+    frames = np.stack([stream.frame(t.frame_index)[0].image for t, _ in adapted])
+    assert all(t.class_id == stream.frame(t.frame_index)[1].label for t, _ in adapted[:20])
+    source = load_edge_model(quick=True, cache_dir=quick_cache)
+    import torch
+
+    with torch.no_grad():
+        source_pred = source(batch_to_tensor(frames)).argmax(1).numpy()
+    labels = np.array([t.class_id for t, _ in adapted])
+    edge_acc = float(np.mean([p.class_id == t.class_id for t, p in adapted]))
+    source_acc = float(np.mean(source_pred == labels))
+    assert edge_acc > source_acc + 0.05, f"edge {edge_acc:.3f} vs source {source_acc:.3f}"
+
+
+def _image(data: bytes, step: int = 28, encoding: str = "mono8"):
+    from sensor_msgs.msg import Image
+
+    return Image(height=28, width=28, encoding=encoding, step=step, data=data)
+
+
+def test_bad_input_is_refused_and_serving_goes_on(system):
+    from eclm_ros.core.signing import generate_key, load_private_key
+    from eclm_ros.core.tensor_codec import pack
+    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE, UpdateHeader, signature_for
+    from eclm_ros.msg import ModelUpdate
+    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS, bundle_to_msg
+
+    listener = _listener()
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+        updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
+        preds = listener.received["/robot1/predictions"]
+        rng = np.random.default_rng(0)
+
+        def feed(n: int = 20) -> None:
+            for _ in range(n):
+                images.publish(_image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+                time.sleep(0.02)
+
+        def version() -> int:
+            feed(5)
+            return preds[-1].model_version if preds else 0
+
+        wait_for(lambda: version() >= 1, 60, "the edge's first model version")
+        images.publish(_image(bytes(100)))  # data shorter than height x step
+        images.publish(_image(bytes(784 * 2), encoding="yuv422"))  # unsupported encoding
+        current = version()
+        cloud_key = load_private_key(system.tmp / "cloud.pem")
+
+        def update(version: int, base: int, kind: int, target: str = "robot1", key=cloud_key, corrupt=False):
+            bundle = pack({"x": np.ones(4, np.float32)})
+            header = UpdateHeader(target, uuid.uuid4().hex, version, base, kind, "{}")
+            msg = ModelUpdate(target_edge=target, update_id=header.update_id, version=version, base_version=base,
+                              kind=kind, submodel_spec="{}", chunk_index=0, chunk_count=1)
+            bundle_to_msg(bundle, msg.bundle)
+            msg.signature_scheme, msg.key_id, sig = signature_for(header, bundle, key)
+            msg.signature = sig
+            if corrupt:
+                msg.bundle.payload = bytes(reversed(bytes(msg.bundle.payload)))
+            return msg
+
+        updates.publish(update(current + 1, current, KIND_NORM_AFFINE, corrupt=True))  # payload altered in transit
+        updates.publish(update(current, current - 1, KIND_NORM_AFFINE))  # stale
+        updates.publish(update(current + 50, 0, KIND_FULL, key=generate_key()))  # forged: another key
+        updates.publish(update(current + 1, current, KIND_NORM_AFFINE))  # signed, but for another structure
+        updates.publish(update(current + 1, current, KIND_NORM_AFFINE, target="robot9"))  # someone else's
+        before = len(preds)
+
+        def counted():
+            feed(5)
+            v = _edge_values(listener)
+            return v and int(v["rejected_images"]) >= 2 and int(v["rejected_updates"]) >= 4 \
+                and int(v["ignored_updates"]) >= 1
+        wait_for(counted, 30, "the rejections on /diagnostics")
+        feed(20)
+        wait_for(lambda: len(preds) > before + 10, 10, "predictions after the bad input")
+        assert preds[-1].model_version >= current  # still serving the last good model
+    finally:
+        listener.close()
+    out = system.procs[1].output()
+    for reason in ("data holds 100 bytes", "digest mismatch", "stale update",
+                   "bad signature", "another sub-model structure"):
+        assert reason in out, f"no log line with {reason!r}:\n{out[-4000:]}"
+
+
+def test_edge_survives_cloud_death_and_resyncs(system):
+    listener = _listener()
+    try:
+        cloud = system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        system.start("camera_stream", "/robot1")
+        preds = listener.received["/robot1/predictions"]
+        wait_for(lambda: preds and preds[-1].model_version >= 3, 90, "model version 3")
+        time.sleep(1.5)  # let a state save happen (save_period_s 1)
+        cloud.kill()
+        at_kill = max(p.model_version for p in preds)
+        count = len(preds)
+        time.sleep(4)
+        assert len(preds) > count + 50, "the edge stopped predicting when the cloud died"
+        assert max(p.model_version for p in preds[count:]) == at_kill
+        system.start("cloud_coordinator", "/eclm")
+        wait_for(lambda: preds[-1].model_version > at_kill + 1, 90,
+                 f"updates from the restarted cloud beyond version {at_kill}")
+    finally:
+        listener.close()
