@@ -1,15 +1,10 @@
-"""Start ROS node executables as real, separate processes for integration tests, and always stop them."""
-from __future__ import annotations
-
-import os
-import signal
-import subprocess
-import sys
-import time
+"""Test helpers: whether ROS is usable here, and the launcher's process and recorder classes."""
 from pathlib import Path
-from typing import Callable
+
+from eclm_ros.launcher import NodeProcess, Recorder, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
+__all__ = ["REPO", "NodeProcess", "Recorder", "ros_available", "wait_for"]
 
 
 def ros_available() -> str | None:
@@ -21,95 +16,3 @@ def ros_available() -> str | None:
     except ImportError as exc:
         return f"ROS 2 or the built eclm_ros interfaces are missing ({exc}); run 'make setup'"
     return None
-
-
-class NodeProcess:
-    """One node process: ``[executable, --ros-args, --params-file, yaml, ...]``, log captured to a file."""
-
-    def __init__(self, command: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.command = command
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
-
-    @classmethod
-    def python(cls, script: Path | str, params: Path, log: Path, *ros_args: str,
-               env: dict[str, str] | None = None) -> "NodeProcess":
-        return cls([sys.executable, str(script), "--ros-args", "--params-file", str(params), *ros_args], log, env)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGINT (a clean shutdown), then SIGKILL for the whole process group if it hangs."""
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGINT)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-            except ProcessLookupError:
-                pass
-        self._log.close()
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: the process dies without any chance to clean up (a crashed machine)."""
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(5)
-
-
-def wait_for(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.1):
-    """Poll until ``predicate()`` is truthy; fail with ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-class Listener:
-    """An rclpy node inside the test process that records what the system publishes (spun on a thread)."""
-
-    def __init__(self, subscriptions: dict[str, tuple[type, object]]) -> None:
-        import threading
-
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node("test_listener", context=self.context)
-        self.received: dict[str, list] = {topic: [] for topic in subscriptions}
-        for topic, (msg_type, qos) in subscriptions.items():
-            self.node.create_subscription(msg_type, topic, lambda m, t=topic: self.received[t].append(m), qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:  # shutdown while spinning
-            pass
-
-    def publisher(self, msg_type, topic: str, qos):
-        return self.node.create_publisher(msg_type, topic, qos)
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.node.destroy_node()
-        import rclpy
-
-        rclpy.try_shutdown(context=self.context)
-        self.thread.join(timeout=5)

@@ -1,6 +1,5 @@
 """The ROS 2 system as separate node processes over DDS (quick models): the loop closes and helps, bad input is
 refused while serving goes on, and the edge survives the cloud's death and resyncs after it returns."""
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -9,11 +8,12 @@ import numpy as np
 import pytest
 import yaml
 
-from node_processes import REPO, Listener, NodeProcess, ros_available, wait_for
+from node_processes import NodeProcess, Recorder, ros_available, wait_for
+
+from eclm_ros.launcher import node_executable
 
 pytestmark = pytest.mark.skipif(ros_available() is not None, reason=str(ros_available()))
 
-BIN = REPO / "install" / "eclm_ros" / "lib" / "eclm_ros"
 SCHEDULE = "contrast@5:100000"
 
 
@@ -39,7 +39,7 @@ class System:
     def start(self, name: str, namespace: str) -> NodeProcess:
         path = self.tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": self.params[name]}}))
-        proc = NodeProcess([sys.executable, str(BIN / name), "--ros-args", "-r", f"__ns:={namespace}",
+        proc = NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={namespace}",
                             "--params-file", str(path)], self.tmp / f"{name}-{len(self.procs)}.log")
         self.procs.append(proc)
         return proc
@@ -65,7 +65,7 @@ def _listener():
     from eclm_ros.msg import GroundTruth, Prediction
     from eclm_ros.ros_io import RELIABLE_QOS
 
-    return Listener({"/robot1/predictions": (Prediction, RELIABLE_QOS),
+    return Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
                      "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
                      "/diagnostics": (DiagnosticArray, 50)})
 

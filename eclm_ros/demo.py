@@ -1,0 +1,236 @@
+"""`eclm-ros demo`: the main job. The whole edge-cloud loop as four ROS 2 processes over DDS.
+
+camera_stream (the shifting world) -> edge_learner -> cloud_coordinator, with the bandwidth_monitor measuring
+the link, for a few minutes; a live line shows frames, rolling accuracy, model version, upload ratio and the
+link; at the end runs/<stamp>/ holds report.md, report.json and accuracy.png (rolling accuracy over time with
+the environment changes marked, beside the source model's accuracy on the very same frames). Labels reach
+only this evaluator (on their own topic), never the edge.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from rich.console import Console
+
+from .core.data import load_fashion_mnist
+from .core.evaluation import Evaluator
+from .core.preprocess import batch_to_tensor
+from .core.signing import generate_key, save_key_pair
+from .core.training import load_edge_model, train_all
+from .core.world import WorldStream, parse_schedule
+from .launcher import NodeProcess, Recorder, node_executable, wait_for
+
+DEFAULT_SCHEDULE = ("clean:450,fog@3:900,contrast@3:900,gaussian_noise@3:900,motion_blur@3:900,"
+                    "brightness@3:900,pixelate@3:900,frost@3:900")
+NODES = (("cloud_coordinator", "/eclm"), ("bandwidth_monitor", "/robot1"), ("edge_learner", "/robot1"),
+         ("camera_stream", "/robot1"))
+
+
+def _config_dir() -> Path:
+    from ament_index_python.packages import get_package_share_directory
+
+    return Path(get_package_share_directory("eclm_ros")) / "config"
+
+
+def _write_params(out: Path, args, keys: Path) -> dict[str, Path]:
+    config = _config_dir()
+    common = {"quick_models": args.quick, "model_cache": str(args.cache or "")}
+    overrides = {
+        "cloud_coordinator": {**common, "private_key": str(keys / "cloud.pem"), "state_dir": str(out / "cloud_state")},
+        "edge_learner": {**common, "cloud_public_key": str(keys / "cloud.pub")},
+        "camera_stream": {"schedule": args.schedule, "seed": args.seed, "rate_hz": args.rate},
+        "bandwidth_monitor": {},
+    }
+    paths = {}
+    for name, values in overrides.items():
+        base = yaml.safe_load((config / f"{name}.yaml").read_text())
+        params = next(iter(base.values()))["ros__parameters"]
+        params.update(values)
+        paths[name] = out / "params" / f"{name}.yaml"
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        paths[name].write_text(yaml.safe_dump(base))
+    return paths
+
+
+def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, quick: bool, cache) -> dict[int, bool]:
+    """Whether the unadapted edge model gets each frame right: the same frames, regenerated from the seed."""
+    x, y = load_fashion_mnist("test")
+    stream = WorldStream(x, y, parse_schedule(schedule), seed)
+    model = load_edge_model(quick, cache)
+    out = {}
+    for i in range(0, len(frames), 512):
+        chunk = frames[i:i + 512]
+        imgs = np.stack([stream.frame(idx)[0].image for idx, _ in chunk])
+        with torch.no_grad():
+            pred = model(batch_to_tensor(imgs)).argmax(1).numpy()
+        out.update({idx: bool(p == label) for (idx, label), p in zip(chunk, pred)})
+    return out
+
+
+def _plot(path: Path, edge: Evaluator, source: Evaluator, window: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(12, 4))
+    for ev, label in ((edge, "eclm_ros edge (adapting)"), (source, "source model (no adaptation)")):
+        x, acc = ev.rolling(window)
+        ax.plot(x, acc, label=label, lw=1.3)
+    for frame, env in edge.segment_starts():
+        ax.axvline(frame, color="grey", lw=0.6, ls=":")
+        ax.text(frame, 1.01, env, rotation=45, fontsize=7, va="bottom")
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("frame")
+    ax.set_ylabel(f"accuracy (rolling {window} frames)")
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args, console: Console) -> dict:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) / stamp
+    out.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]eclm_ros demo[/] -> {out}")
+    train_all(quick=args.quick, cache_dir=args.cache)  # once, before the nodes start (they only load)
+    keys = out / "keys"
+    save_key_pair(generate_key(), keys / "cloud.pem", keys / "cloud.pub")
+    params = _write_params(out, args, keys)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
+    os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    os.environ.setdefault("FASTDDS_DEFAULT_PROFILES_FILE", str(_config_dir() / "fastdds_profile.xml"))
+
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from .msg import BandwidthEstimate, EdgeStatus, GroundTruth, Prediction
+    from .ros_io import RELIABLE_QOS
+
+    recorder = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
+                         "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
+                         "/robot1/bandwidth": (BandwidthEstimate, RELIABLE_QOS),
+                         "/eclm/edge_status": (EdgeStatus, RELIABLE_QOS),
+                         "/diagnostics": (DiagnosticArray, 50)})
+    def start(name: str, ns: str) -> NodeProcess:
+        return NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
+                            str(params[name])], out / f"{name}.log")
+
+    procs = [start(name, ns) for name, ns in NODES if name != "camera_stream"]
+    preds, truths = recorder.received["/robot1/predictions"], recorder.received["/robot1/ground_truth"]
+    try:
+        # the camera starts once the edge reports (its model is loaded), so the stream's first frames count
+        wait_for(lambda: recorder.received["/eclm/edge_status"] or not all(p.alive() for p in procs), 120,
+                 "the edge learner to come up")
+        procs.append(start("camera_stream", "/robot1"))
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < args.duration:
+            time.sleep(0.5)
+            dead = [p.command[1] for p in procs if not p.alive()]
+            if dead:
+                raise RuntimeError(f"node process ended early: {dead}; see the logs in {out}")
+            recent = {(t.header.stamp.sec, t.header.stamp.nanosec): t.class_id for t in truths[-600:]}
+            hits = [p.class_id == recent[k] for p in preds[-300:]
+                    if (k := (p.header.stamp.sec, p.header.stamp.nanosec)) in recent]
+            link = recorder.received["/robot1/bandwidth"][-1] if recorder.received["/robot1/bandwidth"] else None
+            status = recorder.received["/eclm/edge_status"][-1] if recorder.received["/eclm/edge_status"] else None
+            env = truths[-1].environment if truths else "-"
+            line = (f"{time.monotonic() - t0:4.0f}s frames {len(preds):5d} {env:<17} "
+                    f"acc {np.mean(hits) if hits else float('nan'):.3f} v{preds[-1].model_version if preds else 0} "
+                    f"up {status.upload_ratio if status else 0:.2f} "
+                    f"link {link.uplink_bps / 1e6 if link else 0:.0f}Mb/s {link.rtt_ms if link else 0:.1f}ms")
+            sys.stdout.write("\r" + line[:console.width - 1].ljust(console.width - 1))
+            sys.stdout.flush()
+        sys.stdout.write("\n")
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        recorder.close()
+    return _report(out, args, preds, truths, recorder, console)
+
+
+def _report(out: Path, args, preds, truths, recorder, console: Console) -> dict:
+    edge = Evaluator()
+    by_stamp = {(t.header.stamp.sec, t.header.stamp.nanosec): t for t in truths}
+    joined = [(by_stamp[k], p) for p in preds if (k := (p.header.stamp.sec, p.header.stamp.nanosec)) in by_stamp]
+    for t, p in joined:
+        edge.add_predictions([t.frame_index], [p.class_id])
+        edge.add_truth(t.frame_index, t.class_id, t.segment_index, t.environment)
+    correct = _source_accuracy([(t.frame_index, t.class_id) for t, _ in joined], args.schedule, args.seed,
+                               args.quick, args.cache)
+    source = Evaluator()
+    for t, _ in joined:
+        source.add_predictions([t.frame_index], [t.class_id if correct[t.frame_index] else -1])
+        source.add_truth(t.frame_index, t.class_id, t.segment_index, t.environment)
+    statuses = recorder.received["/eclm/edge_status"]
+    links = recorder.received["/robot1/bandwidth"]
+    last = statuses[-1] if statuses else None
+    report = {
+        "duration_s": args.duration, "schedule": args.schedule, "seed": args.seed, "rate_hz": args.rate,
+        "quick_models": args.quick, "frames_published": len(truths), "predictions": len(preds),
+        "frames_evaluated": len(joined), "accuracy": edge.accuracy(), "source_accuracy": source.accuracy(),
+        "per_segment": edge.per_segment(), "source_per_segment": source.per_segment(),
+        "final_model_version": max((p.model_version for p in preds), default=0),
+        "upload_ratio": last.upload_ratio if last else 0.0,
+        "updates_applied": last.updates_applied if last else 0,
+        "updates_rejected": last.updates_rejected if last else 0,
+        "edge_fps": last.fps if last else 0.0, "edge_latency_p50_ms": last.latency_p50_ms if last else 0.0,
+        "link_uplink_mbps": float(np.median([m.uplink_bps for m in links]) / 1e6) if links else 0.0,
+        "link_rtt_ms": float(np.median([m.rtt_ms for m in links])) if links else 0.0,
+    }
+    (out / "report.json").write_text(json.dumps(report, indent=2))
+    _plot(out / "accuracy.png", edge, source, window=max(30, int(args.rate * 10)))
+    lines = ["# eclm_ros demo report", "",
+             f"{report['frames_evaluated']} frames over {args.duration:.0f} s at {args.rate} Hz, schedule "
+             f"`{args.schedule}`, seed {args.seed}{' (quick models)' if args.quick else ''}.", "",
+             "| | value |", "|---|---:|",
+             f"| edge accuracy (adapting) | {report['accuracy']:.4f} |",
+             f"| source model on the same frames | {report['source_accuracy']:.4f} |",
+             f"| final model version | {report['final_model_version']} |",
+             f"| updates applied / rejected | {report['updates_applied']} / {report['updates_rejected']} |",
+             f"| upload ratio | {report['upload_ratio']:.3f} |",
+             f"| edge fps / p50 latency | {report['edge_fps']:.1f} / {report['edge_latency_p50_ms']:.2f} ms |",
+             f"| link uplink / RTT (median) | {report['link_uplink_mbps']:.1f} Mbit/s / {report['link_rtt_ms']:.1f} ms |",
+             "", "| segment | edge | source |", "|---|---:|---:|"]
+    for seg, acc in report["per_segment"].items():
+        lines.append(f"| {seg.split(':', 1)[1]} | {acc:.3f} | {report['source_per_segment'].get(seg, float('nan')):.3f} |")
+    lines += ["", "![rolling accuracy](accuracy.png)", ""]
+    (out / "report.md").write_text("\n".join(lines))
+    console.print("\n".join(lines[:13]))
+    console.print(f"wrote {out}/report.md, report.json, accuracy.png")
+    return report
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="eclm-ros demo", description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=240.0, help="seconds to run the loop")
+    parser.add_argument("--quick", action="store_true", help="tiny models (tests)")
+    parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
+    parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="environment schedule (see world.py)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs", help="reports go to OUT/<stamp>/")
+    parser.add_argument("--cache", default=None, help="checkpoint cache directory")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or not 0 < args.rate <= 1000:
+        parser.error("--duration must be > 0 and --rate in (0, 1000]")
+    try:
+        parse_schedule(args.schedule)
+    except ValueError as exc:
+        parser.error(str(exc))
+    console = Console()
+    try:
+        run(args, console)
+    except (RuntimeError, FileNotFoundError, AssertionError) as exc:
+        console.print(f"[red]demo failed:[/] {exc}")
+        return 1
+    return 0
