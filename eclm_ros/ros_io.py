@@ -86,6 +86,14 @@ def msg_to_bundle(msg: TensorBundle, payload: bytes | None = None) -> Bundle:
     return Bundle(specs, data, msg.compression, int(msg.raw_size), msg.digest)
 
 
+def profile_from_msg(msg):
+    """msg/DeviceProfile -> the core's Profile."""
+    from eclm_ros.core.strategies import Profile
+
+    return Profile(trainable=msg.runtime == msg.RUNTIME_TRAINABLE, max_params=int(msg.max_params),
+                   max_macs=int(msg.max_macs), max_latency_ms=float(msg.max_latency_ms))
+
+
 def diagnostic(name: str, hardware_id: str, level: bytes, message: str,
                values: Mapping[str, object]) -> DiagnosticStatus:
     """One DiagnosticStatus; ``level`` is DiagnosticStatus.OK / WARN / ERROR / STALE (a ``byte`` field)."""

@@ -14,15 +14,19 @@ import torch
 from .adapt import tent
 from .compose import compose, integrate, module_weights, new_modules
 from .distill import Distiller
+from .edge_runtime import TorchEdgeRuntime
 from .merge import average, finetune
 from .models import ModularNet, build_submodel, submodel_module_state
 from .norm import affine_state, load_affine, use_batch_stats
-from .preprocess import batch_to_tensor
+from .preprocess import batch_to_tensor, to_model_input
 from .selection import Selector, decode_frames, encode_frames
-from .tensor_codec import pack, unpack
+from .strategies import Profile, make_strategy
+from .tensor_codec import Bundle, pack, unpack
 from .training import edge_budget
+from .updates import apply_update
 
 UPLOAD_META_BYTES = 4 + 4 + 8  # per frame in a SampleBatch: class id, entropy, stamp (probabilities below)
+UPDATE_META_BYTES = 256  # ModelUpdate's ids, versions, spec string and Ed25519 signature
 
 
 class Link:
@@ -41,6 +45,13 @@ class Link:
         bundle = pack(tensors, encoding=encoding)
         self.traffic.uplink_bytes += bundle.wire_size
         return unpack(bundle)
+
+    def send_update(self, tensors: dict, encoding: str) -> Bundle:
+        """An update as the coordinator publishes it: the bundle and ModelUpdate's fixed fields."""
+        bundle = pack(tensors, encoding=encoding)
+        self.traffic.downlink_bytes += bundle.wire_size + UPDATE_META_BYTES
+        self.traffic.updates += 1
+        return bundle
 
     def download(self, tensors: dict, encoding: str = "fp16") -> dict[str, np.ndarray]:
         bundle = pack(tensors, encoding=encoding)
@@ -194,60 +205,44 @@ class Eclm:
         self.edge, self.opt = edge, tent.make_optimizer(tent.collect_params(edge))
 
 
-class EclmRos(Cema):
-    """The recommended default: CEMA's select + distil on an ECLM sub-model that is re-composed for the
-    environment the uploads show. Forward-only edge; only affine parameters travel, plus the modules a
-    re-composition adds."""
+class EclmRos:
+    """The system itself, in-process: the edge learner's runtime (frame by frame, BatchNorm statistics following
+    the stream), selector and update path, and the cloud coordinator's strategy, exchanging the real codec
+    bytes. Only DDS and its timing are left out, so the ROS demo and this method agree on the same stream."""
 
-    name = "eclm_ros"
+    def __init__(self, ctx, strategy: str = "eclm_ros", upload_ratio: float = 0.2, upload_batch: int = 16,
+                 encoding: str = "fp16", name: str = "eclm_ros") -> None:
+        self.name, self.traffic = name, _traffic()
+        self.link = Link(self.traffic, ctx.num_classes)
+        self.strategy = make_strategy(strategy, ctx.cloud_model(), ctx.quick, seed=ctx.seed)
+        self.runtime = TorchEdgeRuntime(ctx.edge_model())
+        self.selector = Selector(ctx.num_classes, target_ratio=upload_ratio)
+        self.upload_batch, self.encoding = upload_batch, encoding
+        self.pending: list[np.ndarray] = []
+        self.input = np.empty((1, 1, 28, 28), np.float32)
+        self.version, self.spec = 0, ""
+        self._apply(self.strategy.register(self.name, Profile()), "raw")
 
-    def __init__(self, ctx, round_batches: int = 24, target_ratio: float = 0.2) -> None:
-        super().__init__(ctx, select=True, name="eclm_ros", target_ratio=target_ratio)
-        self.budget = edge_budget(self.distiller.teacher)
-        self.recent: list[np.ndarray] = []
-        self.round_batches, self.t = round_batches, 0
+    def _apply(self, update, encoding: str) -> None:
+        if update is None:
+            return
+        bundle = self.link.send_update(update.tensors, encoding)
+        apply_update(self.runtime, update.kind, update.submodel_spec, self.spec, bundle)
+        self.version, self.spec = self.version + 1, update.submodel_spec
 
     def step(self, images: np.ndarray) -> np.ndarray:
-        probs = _predict(self.edge, images)
-        mask = self.select(probs)
-        if mask.any():
-            frames = self.link.upload(images[mask])
-            self.distiller.add(frames)
-            self.recent = (self.recent + [frames])[-8:]
-        state = self.distiller.step()
-        if state is not None:
-            load_affine(self.edge, self.link.download(state))
-        self.t += 1
-        if self.t % self.round_batches == 0 and self.recent:
-            self._recompose()
-        return probs.argmax(1)
-
-    def _recompose(self) -> None:
-        teacher: ModularNet = self.distiller.teacher
-        spec = self.distiller.student.spec
-        proposed = compose(teacher, self.budget, np.concatenate(self.recent))
-        missing = new_modules(spec, proposed)
-        if not missing:
-            return
-        self.link.download(module_weights(teacher, missing), encoding="fp16")
-        student = build_submodel(teacher, proposed)
-        student_affine = affine_state(self.distiller.student)
-        load_affine(student, {**affine_state(student),
-                              **{k: v for k, v in student_affine.items()
-                                 if k.startswith(("stem.", "head.")) or ".transition." in k}})
-        edge = use_batch_stats(copy.deepcopy(student).eval())
-        self.distiller = _restart(self.distiller, student)
-        self.edge = edge
-
-
-def _restart(old: Distiller, student: torch.nn.Module) -> Distiller:
-    """A distiller for a new student structure that keeps the teacher, its optimiser and the replay buffer."""
-    fresh = Distiller.__new__(Distiller)
-    fresh.__dict__.update(old.__dict__)
-    fresh.student = tent.configure_model(student)
-    fresh.opt_student = torch.optim.SGD(tent.collect_params(fresh.student), lr=old.cfg.student_lr,
-                                        momentum=old.cfg.momentum)
-    return fresh
+        preds = np.empty(len(images), np.int64)
+        for i, img in enumerate(images):
+            probs = self.runtime.infer(to_model_input(img, out=self.input[0])[None])[0]
+            preds[i] = probs.argmax()
+            if self.selector.select(probs[None])[0]:
+                self.pending.append(img)
+                if len(self.pending) >= self.upload_batch:
+                    frames = self.link.upload(np.stack(self.pending))
+                    self.pending = []
+                    self._apply(self.strategy.on_samples(self.name, frames), self.encoding)
+        self.traffic.uploaded_frames = self.selector.uploaded
+        return preds
 
 
 METHODS = {
@@ -255,6 +250,7 @@ METHODS = {
     "cema_all": lambda ctx: Cema(ctx, select=False, name="cema_all"),
     "eclm": Eclm,
     "ecavg": EcAvg,
+    "eclm_ros_distil": lambda ctx: EclmRos(ctx, strategy="distil", name="eclm_ros_distil"),
     "eclm_ros": EclmRos,
     "cloud_only": CloudOnly,
 }

@@ -13,8 +13,9 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from .models import Budget, ModularNet, SubModelSpec, derive_spec, load_module_state, module_key
-from .norm import use_batch_stats
+from .models import (Budget, ModularNet, SpecError, SubModelSpec, derive_spec, load_module_state,
+                     module_key, submodel_module_state)
+from .norm import affine_state, load_affine, use_batch_stats
 from .preprocess import batch_to_tensor
 
 
@@ -82,3 +83,43 @@ def module_weights(model: ModularNet, modules: list[tuple[int, int]]) -> dict[st
         for name, value in block.state_dict().items():
             out[f"{module_key(s, mid)}.{name}"] = value.detach().clone()
     return out
+
+
+MODULE_PREFIX, AFFINE_PREFIX = "module/", "affine/"
+
+
+def modules_update(target: ModularNet, current: SubModelSpec) -> dict[str, torch.Tensor]:
+    """What an edge serving ``current`` needs to become ``target``: the weights of the modules it lacks (keyed
+    by cloud module id) and every affine parameter of the new structure. Modules it keeps never travel."""
+    missing = {module_key(s, m) for s, m in new_modules(current, target.spec)}
+    out = {f"{MODULE_PREFIX}{k}": v for k, v in submodel_module_state(target).items()
+           if k.split(".body.", 1)[0] in missing}
+    out.update({f"{AFFINE_PREFIX}{k}": v for k, v in affine_state(target).items()})
+    return out
+
+
+def assemble(current: ModularNet, spec: SubModelSpec, update: Mapping[str, torch.Tensor]) -> ModularNet:
+    """The edge side of a modules update: a new sub-model of structure ``spec`` built from the modules the edge
+    already holds plus the ones in ``update``, with the update's affine parameters. ``current`` is untouched;
+    any missing module, unknown name or bad shape raises before anything is served."""
+    if len(spec.stages) != len(current.stages):
+        raise SpecError(f"spec has {len(spec.stages)} stages, the edge model {len(current.stages)}")
+    modules = {k[len(MODULE_PREFIX):]: v for k, v in update.items() if k.startswith(MODULE_PREFIX)}
+    affine = {k[len(AFFINE_PREFIX):]: v for k, v in update.items() if k.startswith(AFFINE_PREFIX)}
+    if len(modules) + len(affine) != len(update):
+        raise SpecError(f"a modules update holds only {MODULE_PREFIX}* and {AFFINE_PREFIX}* tensors")
+    new = ModularNet(current.widths, current.modules_per_stage, [list(s) for s in spec.stages],
+                     num_classes=current.head.out_features)
+    new.stem.load_state_dict(current.stem.state_dict())
+    new.head.load_state_dict(current.head.state_dict())
+    for new_stage, old_stage in zip(new.stages, current.stages):
+        new_stage.transition.load_state_dict(old_stage.transition.state_dict())
+    needed = set(submodel_module_state(new))
+    state = {k: v for k, v in submodel_module_state(current).items() if k in needed}
+    state.update({k: torch.as_tensor(v) for k, v in modules.items()})
+    if set(state) != needed:
+        lacking = sorted({k.split(".body.", 1)[0] for k in needed - set(state)})
+        raise SpecError(f"modules {lacking[:4]} are neither held by the edge nor in the update")
+    load_module_state(new, state)
+    load_affine(new, affine)
+    return new.eval()

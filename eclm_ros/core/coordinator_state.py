@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import torch
 
 from .signing import SignatureError, load_private_key
-from .strategies import DistilStrategy, Profile, Update
+from .strategies import Profile, Update, make_strategy
 from .training import load_checkpoint
 
 log = logging.getLogger(__name__)
@@ -18,8 +19,9 @@ STATE_FILE = "coordinator_state.pt"
 
 class CoordinatorState:
     def __init__(self, quick: bool = False, cache_dir: str | None = None, state_dir: str | None = None,
-                 private_key_path: str | None = None) -> None:
-        self.strategy = DistilStrategy(load_checkpoint("cloud", quick, cache_dir), quick=quick)
+                 private_key_path: str | None = None, strategy: str = "eclm_ros") -> None:
+        self.strategy = make_strategy(strategy, load_checkpoint("cloud", quick, cache_dir), quick)
+        self.lock = threading.RLock()  # the ROS callbacks and the learning thread share the strategy
         self.versions: dict[str, int] = {}
         self.last_status: dict[str, dict] = {}
         self.state_dir = Path(state_dir) if state_dir else None
@@ -33,19 +35,21 @@ class CoordinatorState:
         version above the one it serves (it would refuse a lower one as stale)."""
         if not edge_id:
             raise ValueError("edge_id must not be empty")
-        session = self.strategy.sessions.get(edge_id)
-        if session is not None and session.profile == profile and self.versions.get(edge_id) == current_version:
-            return None
-        update = self.strategy.register(edge_id, profile)
-        self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(current_version))
-        return update
+        with self.lock:
+            session = self.strategy.sessions.get(edge_id)
+            if session is not None and session.profile == profile and self.versions.get(edge_id) == current_version:
+                return None
+            update = self.strategy.register(edge_id, profile)
+            self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(current_version))
+            return update
 
     def save(self) -> None:
         if self.state_dir is None:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / (STATE_FILE + ".tmp")
-        torch.save({"versions": dict(self.versions), "strategy": self.strategy.state_dict()}, tmp)
+        with self.lock:
+            torch.save({"versions": dict(self.versions), "strategy": self.strategy.state_dict()}, tmp)
         os.replace(tmp, self.state_dir / STATE_FILE)
 
     def restore(self) -> None:

@@ -53,6 +53,13 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def retarget(self, student: nn.Module) -> None:
+        """Teach a new student structure (a re-composed sub-model); the teacher, what it learned and the
+        replay buffer carry over."""
+        self.student = configure_model(student)
+        self.opt_student = torch.optim.SGD(collect_params(self.student), lr=self.cfg.student_lr,
+                                           momentum=self.cfg.momentum)
+
     def add(self, images: np.ndarray) -> None:
         self.frames.extend(images)
 
@@ -82,6 +89,13 @@ class Distiller:
         self.pending: deque[np.ndarray] = deque(maxlen=config.queue)
         self.replay = ReplayBuffer(config.replay_size, seed)
         self.steps = 0
+
+    def retarget(self, student: nn.Module) -> None:
+        """Teach a new student structure (a re-composed sub-model); the teacher, what it learned and the
+        replay buffer carry over."""
+        self.student = configure_model(student)
+        self.opt_student = torch.optim.SGD(collect_params(self.student), lr=self.cfg.student_lr,
+                                           momentum=self.cfg.momentum)
 
     def add(self, images: np.ndarray) -> None:
         """Queue uploaded frames (uint8 [N,H,W]) for the next step."""

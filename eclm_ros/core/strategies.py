@@ -1,24 +1,38 @@
 """What the cloud coordinator does for each edge, as interchangeable strategies (in the spirit of Flower's
 ``flwr.server.strategy``): the coordinator asks, the strategy answers with tensors to send.
 
+- ``Distil`` (CEMA): the cloud model adapts on each edge's uploads and distils into that edge's sub-model;
+  only normalisation affine parameters go back.
+- ``Compose`` (ECLM): as Distil, and the sub-model follows the environment: modules are re-scored on recent
+  uploads and, when another composition fits the budget better, only the modules the edge lacks are sent.
+  Trainable edges send their adapted modules up; they are integrated into the cloud model module by module.
+- ``ComposeMerge`` (+ ECAvg): as Compose, and edges serving the same structure pool what they learned:
+  their students are averaged (weighted by uploads) and the average is pushed back, only when frames held
+  out of training say it helps.
+
 A strategy holds the per-edge learning state and never touches ROS: the coordinator node turns its answers
-into signed, versioned ModelUpdates.
+into signed, versioned ModelUpdates. The benchmark drives the very same objects in-process.
 """
 from __future__ import annotations
 
 import copy
 import json
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
 
+from .compose import compose, integrate, modules_update
 from .distill import DistillConfig, Distiller
-from .models import Budget, ModularNet, derive_spec
-from .norm import affine_state
-from .training import edge_budget, edge_submodel
-from .updates import KIND_FULL, KIND_NORM_AFFINE
+from .merge import average, holdout_accuracy
+from .models import Budget, ModularNet, SubModelSpec, build_submodel, derive_spec, recalibrate_bn
+from .norm import affine_state, load_affine, use_batch_stats
+from .preprocess import batch_to_tensor
+from .training import calibration_images, edge_budget
+from .updates import KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE
+
+NUM_CLASSES = 10
 
 
 @dataclass(frozen=True)
@@ -33,89 +47,246 @@ class Profile:
 
 @dataclass
 class Update:
-    """Tensors for one edge, and what kind of update they form."""
+    """Tensors for one edge, what kind of update they form, and why it is sent (for the log)."""
 
     kind: int
     tensors: dict[str, torch.Tensor]
     submodel_spec: str
+    reason: str = ""
 
 
-class Strategy(Protocol):
-    def register(self, edge_id: str, profile: Profile) -> Update:
-        """A new (or returning) edge: its sub-model, sent in full."""
-
-    def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
-        """Frames an edge uploaded; maybe an update for it."""
-
-    def state_dict(self) -> dict:
-        """Everything needed to resume after a restart."""
-
-    def load_state_dict(self, state: dict) -> None: ...
+def spec_json(cloud: ModularNet, spec: SubModelSpec) -> str:
+    """The structure an edge rebuilds its model from: the cloud model's config with the chosen modules."""
+    return json.dumps({**cloud.config(), "module_ids": [list(s) for s in spec.stages]}, separators=(",", ":"))
 
 
 @dataclass
-class _EdgeSession:
+class EdgeSession:
+    """Everything the cloud keeps for one edge."""
+
     profile: Profile
+    spec: SubModelSpec
     spec_json: str
     distiller: Distiller
     served: dict[str, torch.Tensor]  # the full state the edge was given (with its BatchNorm statistics)
+    recent: deque = field(default_factory=lambda: deque(maxlen=256))  # uploads for module scoring
+    holdout: deque = field(default_factory=lambda: deque(maxlen=256))  # uploads never trained on
+    frames: int = 0
+    since_compose: int = 0
 
     def current_full(self) -> dict[str, torch.Tensor]:
         """What the edge should serve now: the state it was given with the learned affine parameters."""
         return {**self.served, **affine_state(self.distiller.student)}
 
 
-@dataclass
-class DistilStrategy:
-    """CEMA for every edge, on the sub-model its budget affords (ECLM composition for the budget): the cloud
-    model adapts on each edge's uploads and distils into that edge's sub-model; only affine parameters return."""
+class Strategy:
+    """The interface the coordinator asks; ``Distil`` is the base behaviour."""
 
-    cloud: ModularNet
-    quick: bool = False
-    config: DistillConfig = DistillConfig()
-    min_step_frames: int = 16
-    sessions: dict[str, _EdgeSession] = field(default_factory=dict)
+    def register(self, edge_id: str, profile: Profile) -> Update:
+        """A new (or returning) edge: its sub-model, sent in full."""
+        raise NotImplementedError
 
-    def _budget(self, profile: Profile) -> Budget:
+    def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
+        """Frames an edge uploaded (uint8 [N,28,28]); maybe an update for it."""
+        raise NotImplementedError
+
+    def on_modules(self, edge_id: str, module_state: dict[str, torch.Tensor], frames: int) -> Update | None:
+        """Module weights a trainable edge adapted itself; maybe an update for it."""
+        return None
+
+    def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
+        """Re-derive an edge's sub-model (its budget or environment changed)."""
+        raise NotImplementedError
+
+    def aggregate(self) -> tuple[dict[str, Update], list[str]]:
+        """A round across edges: updates per edge, and what was decided (accepted or refused, and why)."""
+        return {}, []
+
+    def state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+class Distil(Strategy):
+    """CEMA for every edge, on the sub-model its budget affords: the cloud model adapts on each edge's uploads
+    and distils into that edge's sub-model; only affine parameters return."""
+
+    def __init__(self, cloud: ModularNet, quick: bool = False, config: DistillConfig = DistillConfig(),
+                 min_step_frames: int = 16, holdout_every: int = 8, seed: int = 0) -> None:
+        self.cloud, self.quick, self.config = cloud, quick, config
+        self.min_step_frames, self.holdout_every, self.seed = min_step_frames, holdout_every, seed
+        self.sessions: dict[str, EdgeSession] = {}
+
+    def budget(self, profile: Profile) -> Budget:
         if profile.max_params or profile.max_macs or profile.max_latency_ms:
             return Budget(profile.max_params, profile.max_macs, profile.max_latency_ms)
         return edge_budget(self.cloud)
+
+    def _student(self, spec: SubModelSpec) -> ModularNet:
+        return recalibrate_bn(build_submodel(self.cloud, spec), calibration_images(self.quick))
+
+    def _new_session(self, profile: Profile, spec: SubModelSpec) -> EdgeSession:
+        student = self._student(spec)
+        served = {k: v.clone() for k, v in student.state_dict().items()}
+        distiller = Distiller(copy.deepcopy(self.cloud), student, NUM_CLASSES, self.config, seed=self.seed)
+        return EdgeSession(profile, spec, spec_json(self.cloud, spec), distiller, served)
 
     def register(self, edge_id: str, profile: Profile) -> Update:
         """A new edge gets the sub-model its budget affords; a returning one (same profile) resyncs to what
         the cloud has learned for it so far."""
         session = self.sessions.get(edge_id)
         if session is not None and session.profile == profile:
-            return Update(KIND_FULL, session.current_full(), session.spec_json)
-        spec = derive_spec(self.cloud, self._budget(profile))  # BudgetError when nothing fits
-        student = edge_submodel(self.cloud, spec, self.quick)
-        spec_json = json.dumps({**self.cloud.config(), "module_ids": [list(s) for s in spec.stages]})
-        served = {k: v.clone() for k, v in student.state_dict().items()}
-        self.sessions[edge_id] = _EdgeSession(profile, spec_json,
-                                              Distiller(copy.deepcopy(self.cloud), student, 10, self.config), served)
-        return Update(KIND_FULL, served, spec_json)
+            return Update(KIND_FULL, session.current_full(), session.spec_json, "resync")
+        spec = derive_spec(self.cloud, self.budget(profile))  # BudgetError when nothing fits
+        self.sessions[edge_id] = session = self._new_session(profile, spec)
+        return Update(KIND_FULL, session.current_full(), session.spec_json, "registered")
 
-    def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
+    def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
+        session = self._session(edge_id)
+        recent = np.stack(session.recent) if len(session.recent) > 1 else None
+        spec = compose(session.distiller.teacher, self.budget(profile), recent)
+        if profile == session.profile and spec == session.spec:
+            return Update(KIND_FULL, session.current_full(), session.spec_json, f"{reason}: unchanged")
+        self.sessions[edge_id] = new = self._new_session(profile, spec)
+        new.distiller.replay = session.distiller.replay
+        new.recent, new.holdout = session.recent, session.holdout
+        return Update(KIND_FULL, new.current_full(), new.spec_json, f"{reason}: reassembled")
+
+    def _session(self, edge_id: str) -> EdgeSession:
         session = self.sessions.get(edge_id)
         if session is None:
             raise KeyError(f"edge {edge_id!r} has not registered")
-        session.distiller.add(images)
+        return session
+
+    def _take(self, session: EdgeSession, images: np.ndarray) -> np.ndarray:
+        """Every ``holdout_every``-th upload is held out (merge checks); the rest is for learning."""
+        idx = session.frames + np.arange(len(images))
+        held = idx % self.holdout_every == self.holdout_every - 1 if self.holdout_every else np.zeros(len(idx), bool)
+        session.holdout.extend(images[held])
+        session.recent.extend(images)
+        session.frames += len(images)
+        session.since_compose += len(images)
+        return images[~held]
+
+    def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
+        session = self._session(edge_id)
+        session.distiller.add(self._take(session, images))
         if len(session.distiller.pending) < self.min_step_frames:
             return None
         state = session.distiller.step()
         return None if state is None else Update(KIND_NORM_AFFINE, state, session.spec_json)
 
     def state_dict(self) -> dict:
-        return {edge: {"profile": s.profile.__dict__, "spec": s.spec_json, "served": s.served,
-                       "teacher": s.distiller.teacher.state_dict(), "student": s.distiller.student.state_dict()}
+        return {edge: {"profile": s.profile.__dict__, "spec": [list(x) for x in s.spec.stages], "served": s.served,
+                       "teacher": s.distiller.teacher.state_dict(), "student": s.distiller.student.state_dict(),
+                       "frames": s.frames}
                 for edge, s in self.sessions.items()}
 
     def load_state_dict(self, state: dict) -> None:
         for edge, s in state.items():
-            self.register(edge, Profile(**s["profile"]))
-            session = self.sessions[edge]
-            if session.spec_json != s["spec"]:
-                raise ValueError(f"saved state of {edge!r} is for another model structure")
+            spec = SubModelSpec(tuple(tuple(x) for x in s["spec"]))
+            session = self._new_session(Profile(**s["profile"]), spec)
             session.served = s["served"]
             session.distiller.teacher.load_state_dict(s["teacher"])
             session.distiller.student.load_state_dict(s["student"])
+            session.frames = int(s["frames"])
+            self.sessions[edge] = session
+
+
+class Compose(Distil):
+    """Distil, and every ``compose_every`` uploaded frames the edge's sub-model is re-composed for the
+    environment its recent uploads show; a new composition sends only the modules the edge lacks.
+    Trainable edges' module updates are integrated into the cloud model with weight ``integrate_weight``."""
+
+    def __init__(self, cloud: ModularNet, *args, compose_every: int = 384, integrate_weight: float = 0.5,
+                 **kwargs) -> None:
+        super().__init__(cloud, *args, **kwargs)
+        self.compose_every, self.integrate_weight = compose_every, integrate_weight
+
+    def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
+        update = super().on_samples(edge_id, images)
+        session = self.sessions[edge_id]
+        if session.since_compose >= self.compose_every and len(session.recent) >= 64:
+            session.since_compose = 0
+            return self._recompose(session) or update
+        return update
+
+    def _recompose(self, session: EdgeSession) -> Update | None:
+        proposed = compose(session.distiller.teacher, self.budget(session.profile), np.stack(session.recent))
+        if proposed == session.spec:
+            return None
+        student = build_submodel(self.cloud, proposed)
+        student = recalibrate_bn(student, calibration_images(self.quick))
+        learned = affine_state(session.distiller.student)  # shared parts keep what the edge learned
+        load_affine(student, {**affine_state(student), **{k: v for k, v in learned.items()
+                                                           if k.startswith(("stem.", "head.")) or ".transition." in k}})
+        tensors = modules_update(student, session.spec)
+        old = session.spec
+        session.distiller.retarget(student)
+        session.spec, session.spec_json = proposed, spec_json(self.cloud, proposed)
+        session.served = {k: v.clone() for k, v in student.state_dict().items()}
+        return Update(KIND_MODULES, tensors, session.spec_json,
+                      f"recomposed {list(old.stages)} -> {list(proposed.stages)} for the environment")
+
+    def on_modules(self, edge_id: str, module_state: dict[str, torch.Tensor], frames: int) -> Update | None:
+        """Integrate a trainable edge's adapted modules into the cloud model (and its teacher), module by module."""
+        session = self._session(edge_id)
+        integrate(self.cloud, module_state, self.integrate_weight)
+        integrate(session.distiller.teacher, module_state, self.integrate_weight)
+        session.frames += int(frames)
+        return None
+
+
+class ComposeMerge(Compose):
+    """Compose, and a merge round (``aggregate``) across edges that serve the same structure: the data-weighted
+    average of their students is pushed back only when it beats each edge's own on frames held out of training
+    (labelled by that edge's adapted teacher); otherwise it is refused and the reason reported."""
+
+    def __init__(self, cloud: ModularNet, *args, min_gain: float = 0.0, min_holdout: int = 32, **kwargs) -> None:
+        super().__init__(cloud, *args, **kwargs)
+        self.min_gain, self.min_holdout = min_gain, min_holdout
+
+    def aggregate(self) -> tuple[dict[str, Update], list[str]]:
+        groups: dict[str, list[str]] = {}
+        for edge, s in self.sessions.items():
+            if len(s.holdout) >= self.min_holdout:
+                groups.setdefault(s.spec_json, []).append(edge)
+        updates, decisions = {}, []
+        for spec, edges in groups.items():
+            if len(edges) < 2:
+                continue
+            sessions = [self.sessions[e] for e in edges]
+            merged = average([affine_state(s.distiller.student) for s in sessions], [s.frames for s in sessions])
+            gains = []
+            for s in sessions:
+                frames = np.stack(s.holdout)
+                with torch.no_grad():
+                    labels = s.distiller.teacher(batch_to_tensor(frames)).argmax(1).numpy()
+                before = holdout_accuracy(use_batch_stats(copy.deepcopy(s.distiller.student)), frames, labels)
+                candidate = copy.deepcopy(s.distiller.student)
+                load_affine(candidate, merged)
+                after = holdout_accuracy(use_batch_stats(candidate), frames, labels)
+                gains.append((before, after))
+            worst = min(after - before for before, after in gains)
+            summary = ", ".join(f"{e} {b:.3f}->{a:.3f}" for e, (b, a) in zip(edges, gains))
+            if worst <= self.min_gain:
+                decisions.append(f"merge of {edges} refused: it would not help every edge on held-out frames "
+                                 f"({summary})")
+                continue
+            for edge, s in zip(edges, sessions):
+                load_affine(s.distiller.student, merged)
+                updates[edge] = Update(KIND_NORM_AFFINE, affine_state(s.distiller.student), s.spec_json,
+                                       f"merged with {len(edges) - 1} edges")
+            decisions.append(f"merge of {edges} accepted ({summary})")
+        return updates, decisions
+
+
+STRATEGIES: dict[str, type[Distil]] = {"distil": Distil, "compose": Compose, "eclm_ros": ComposeMerge}
+
+
+def make_strategy(name: str, cloud: ModularNet, quick: bool = False, **kwargs) -> Distil:
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    return STRATEGIES[name](cloud, quick, **kwargs)

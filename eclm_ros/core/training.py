@@ -26,7 +26,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .data import load_fashion_mnist
-from .models import (Budget, ModularNet, SmallCNN, SubModelSpec, build_submodel, count_macs, count_params,
+from .models import (Budget, ModularNet, SubModelSpec, build_submodel, count_macs, count_params,
                      derive_spec, make_model, recalibrate_bn, spec_cost)
 from .preprocess import batch_to_tensor
 

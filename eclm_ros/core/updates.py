@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import json
+
 from .signing import SCHEME, SignatureError, key_id, sign, verify
-from .tensor_codec import Bundle, digest, signing_bytes
+from .tensor_codec import Bundle, digest, signing_bytes, unpack
 
 KIND_NORM_AFFINE, KIND_MODULES, KIND_FULL = 0, 1, 2
 KIND_NAMES = {KIND_NORM_AFFINE: "norm_affine", KIND_MODULES: "modules", KIND_FULL: "full"}
@@ -64,3 +66,41 @@ def check_update(header: UpdateHeader, bundle: Bundle, *, edge_id: str, current_
             verify(public_key, header.signed_bytes(bundle.digest), header.signature)
         except SignatureError as exc:
             raise UpdateRejected(f"bad signature: {exc}") from exc
+
+
+def model_from_spec(spec_json: str):
+    """An (untrained) model of the structure an update names; refuses a spec that is not one."""
+    from .models import ModularNet, SpecError
+
+    try:
+        config = json.loads(spec_json)
+        return ModularNet(**config)
+    except (ValueError, TypeError) as exc:
+        raise UpdateRejected(f"update names no buildable structure ({exc})") from exc
+    except SpecError as exc:
+        raise UpdateRejected(str(exc)) from exc
+
+
+def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: Bundle,
+                 max_bytes: int = 64 * 1024 * 1024) -> None:
+    """Decode an admitted update and apply it to the runtime, all or nothing (the edge node and the benchmark
+    both apply updates here). ``serving_spec`` is the structure the runtime serves now."""
+    from .compose import assemble
+    from .models import SubModelSpec
+
+    if kind == KIND_NORM_AFFINE:
+        if spec_json != serving_spec:
+            raise UpdateRejected("affine update for another sub-model structure")
+        runtime.apply_affine(unpack(bundle, max_bytes=max_bytes, templates=runtime.affine_templates()))
+    elif kind == KIND_FULL:
+        model = model_from_spec(spec_json)
+        runtime.swap(model, unpack(bundle, max_bytes=max_bytes,
+                                   templates={k: tuple(v.shape) for k, v in model.state_dict().items()}))
+    elif kind == KIND_MODULES:
+        import torch
+
+        spec = SubModelSpec(tuple(tuple(m) for m in model_from_spec(spec_json).config()["module_ids"]))
+        tensors = {k: torch.from_numpy(v) for k, v in unpack(bundle, max_bytes=max_bytes).items()}
+        runtime.swap(assemble(runtime.model, spec, tensors))
+    else:
+        raise UpdateRejected(f"unknown update kind {kind}")

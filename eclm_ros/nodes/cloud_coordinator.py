@@ -1,7 +1,8 @@
 """cloud_coordinator: registers edges, learns from their uploads, sends each its signed, versioned updates.
 
-Services `register_edge`, `bandwidth_probe`; subscribes `samples`, `edge_status`; publishes `model_updates`
-(reliable, transient-local). Learning runs on a worker thread, so message handling never waits for it.
+Services `register_edge`, `reassemble_submodel`, `bandwidth_probe`; subscribes `samples`, `edge_status`;
+publishes `model_updates` (reliable, transient-local). Learning (distil, compose, merge rounds) runs on a worker
+thread, so message handling never waits for it.
 """
 import queue
 import threading
@@ -15,12 +16,13 @@ from rclpy.node import Node
 
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
-from eclm_ros.core.strategies import Profile, Update
+from eclm_ros.core.strategies import STRATEGIES, Update
 from eclm_ros.core.tensor_codec import pack
 from eclm_ros.core.updates import UpdateHeader, signature_for
 from eclm_ros.msg import EdgeStatus, ModelUpdate, SampleBatch
-from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, run_node)
-from eclm_ros.srv import BandwidthProbe, RegisterEdge
+from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, profile_from_msg,
+                            run_node)
+from eclm_ros.srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
 
 
 class CloudCoordinator(Node):
@@ -39,9 +41,15 @@ class CloudCoordinator(Node):
                                      "the oldest are dropped", lambda v: v >= 1, "must be >= 1")
         self.save_period = p.declare("save_period_s", 10.0, "seconds between state saves", lambda v: v > 0,
                                      "must be > 0")
+        strategy = p.declare("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module "
+                             "integration) or eclm_ros (+ECAvg merge rounds across edges)",
+                             lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}", read_only=True)
+        merge_period = p.declare("merge_period_s", 30.0, "seconds between merge rounds across edges",
+                                 lambda v: v > 0, "must be > 0")
         self.state = CoordinatorState(quick=quick, cache_dir=cache or None, state_dir=state_dir or None,
-                                      private_key_path=key or None)
-        self.counters = dict(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0, registrations=0)
+                                      private_key_path=key or None, strategy=strategy)
+        self.counters = dict(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0, registrations=0,
+                             recompositions=0, merges_accepted=0, merges_refused=0)
         self.last_reject = ""
         self.work: queue.Queue = queue.Queue(maxsize=self.max_pending)
         self.update_pub = self.create_publisher(ModelUpdate, "model_updates", UPDATE_QOS)
@@ -49,11 +57,13 @@ class CloudCoordinator(Node):
         self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=group)
         self.create_subscription(EdgeStatus, "edge_status", self.on_status, RELIABLE_QOS, callback_group=group)
         self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
+        self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
         self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
                             callback_group=MutuallyExclusiveCallbackGroup())
         self.diagnostics = Diagnostics(self, "cloud coordinator")
         self.create_timer(1.0, self.on_diagnostics, callback_group=group)
         self.create_timer(self.save_period, self.state.save, callback_group=group)
+        self.create_timer(merge_period, lambda: self._submit(("merge", None, None)), callback_group=group)
         self.running = True
         self.worker = threading.Thread(target=self.learn, name="eclm-learner", daemon=True)
         self.worker.start()
@@ -79,25 +89,51 @@ class CloudCoordinator(Node):
         return new_version
 
     def on_register(self, request, response):
-        profile = Profile(trainable=request.profile.runtime == request.profile.RUNTIME_TRAINABLE,
-                          max_params=request.profile.max_params, max_macs=request.profile.max_macs,
-                          max_latency_ms=request.profile.max_latency_ms)
-        try:
-            update = self.state.register(request.edge_id, profile, request.current_version)
-        except ValueError as exc:
-            response.accepted, response.message = False, str(exc)
-            self.get_logger().warning(f"refused registration of {request.edge_id!r}: {exc}")
-            return response
-        response.accepted = True
-        if update is None:
-            response.version, response.message = request.current_version, "in sync"
-            response.submodel_spec = self.state.strategy.sessions[request.edge_id].spec_json
-            return response
-        response.version = self.publish_update(request.edge_id, update)
+        with self.state.lock:
+            try:
+                profile = profile_from_msg(request.profile)
+                update = self.state.register(request.edge_id, profile, request.current_version)
+            except ValueError as exc:
+                response.accepted, response.message = False, str(exc)
+                self.get_logger().warning(f"refused registration of {request.edge_id!r}: {exc}")
+                return response
+            response.accepted = True
+            if update is None:
+                response.version, response.message = request.current_version, "in sync"
+                response.submodel_spec = self.state.strategy.sessions[request.edge_id].spec_json
+                return response
+            response.version = self.publish_update(request.edge_id, update)
         response.submodel_spec, response.message = update.submodel_spec, "registered"
         self.counters["registrations"] += 1
         self.get_logger().info(f"edge {request.edge_id} registered, sent version {response.version}")
         return response
+
+    def on_reassemble(self, request, response):
+        """Re-derive an edge's sub-model for a new budget (or its current environment); the weights follow as
+        a ModelUpdate, like a registration's."""
+        if request.edge_id not in self.state.versions:
+            response.accepted, response.message = False, f"edge {request.edge_id!r} has not registered"
+            return response
+        try:
+            with self.state.lock:
+                update = self.state.strategy.reassemble(request.edge_id, profile_from_msg(request.profile),
+                                                        request.reason or "operator")
+                response.version = self.publish_update(request.edge_id, update)
+        except ValueError as exc:  # BudgetError: nothing fits the new budget
+            response.accepted, response.message = False, str(exc)
+            self.get_logger().warning(f"refused re-assembly for {request.edge_id!r}: {exc}")
+            return response
+        response.accepted, response.message, response.submodel_spec = True, update.reason, update.submodel_spec
+        self.get_logger().info(f"re-assembled {request.edge_id}: {update.reason}, version {response.version}")
+        return response
+
+    def _submit(self, job: tuple) -> bool:
+        try:
+            self.work.put_nowait(job)
+            return True
+        except queue.Full:
+            self.counters["dropped_batches"] += job[0] == "samples"
+            return False
 
     def on_samples(self, msg: SampleBatch) -> None:
         if msg.edge_id not in self.state.versions:
@@ -113,28 +149,44 @@ class CloudCoordinator(Node):
             return
         if frames.shape[1:] != (28, 28):
             frames = np.stack([cv2.resize(f, (28, 28), interpolation=cv2.INTER_AREA) for f in frames])
-        try:
-            self.work.put_nowait((msg.edge_id, frames))
-        except queue.Full:
-            self.counters["dropped_batches"] += 1
+        if not self._submit(("samples", msg.edge_id, frames)):
             return
         self.counters["batches"] += 1
         self.counters["frames"] += len(frames)
 
     def learn(self) -> None:
-        """Worker thread: distil on uploads and publish the resulting updates."""
+        """Worker thread: distil / re-compose on uploads, run merge rounds, publish the resulting updates."""
         while self.running:
             try:
-                edge_id, frames = self.work.get(timeout=0.5)
+                job, edge_id, frames = self.work.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
-                update = self.state.strategy.on_samples(edge_id, frames)
-                if update is not None:
-                    self.publish_update(edge_id, update, self.encoding)
+                with self.state.lock:
+                    if job == "samples":
+                        self._send(edge_id, self.state.strategy.on_samples(edge_id, frames))
+                    else:
+                        self._merge_round()
             except Exception as exc:  # a learning failure must not kill the coordinator
-                self.last_reject = f"learning on {edge_id}: {exc}"
+                self.last_reject = f"{job} for {edge_id}: {exc}"
                 self.get_logger().error(self.last_reject)
+
+    def _send(self, edge_id: str, update: Update | None) -> None:
+        if update is None:
+            return
+        version = self.publish_update(edge_id, update, self.encoding)
+        if update.reason:
+            self.counters["recompositions"] += update.reason.startswith("recomposed")
+            self.get_logger().info(f"{edge_id}: {update.reason} (version {version})")
+
+    def _merge_round(self) -> None:
+        updates, decisions = self.state.strategy.aggregate()
+        for decision in decisions:
+            accepted = "accepted" in decision
+            self.counters["merges_accepted" if accepted else "merges_refused"] += 1
+            (self.get_logger().info if accepted else self.get_logger().warning)(decision)
+        for edge_id, update in updates.items():
+            self._send(edge_id, update)
 
     def on_status(self, msg: EdgeStatus) -> None:
         self.state.last_status[msg.edge_id] = {"version": msg.model_version, "fps": msg.fps,

@@ -16,13 +16,12 @@ from sensor_msgs.msg import Image
 from eclm_ros.core.bandwidth import LinkEstimate, upload_budget_bps
 from eclm_ros.core.data import FASHION_MNIST_CLASSES
 from eclm_ros.core.edge_runtime import TorchEdgeRuntime, UpdateError
-from eclm_ros.core.models import ModularNet
 from eclm_ros.core.preprocess import ImageFormatError, to_gray, to_model_input
 from eclm_ros.core.selection import Selector, encode_frames
 from eclm_ros.core.signing import SignatureError, load_public_key
-from eclm_ros.core.tensor_codec import CodecError, unpack
+from eclm_ros.core.tensor_codec import CodecError
 from eclm_ros.core.training import load_edge_model
-from eclm_ros.core.updates import KIND_FULL, KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader, UpdateRejected, check_update
+from eclm_ros.core.updates import KIND_NAMES, UpdateHeader, UpdateRejected, apply_update, check_update
 from eclm_ros.msg import (BandwidthEstimate, DeviceProfile, EdgeStatus, EncodedFrame, ModelUpdate, Prediction,
                           SampleBatch)
 from eclm_ros.ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, NodeParameters,
@@ -163,25 +162,14 @@ class EdgeLearner(Node):
             bundle = msg_to_bundle(msg.bundle)
             check_update(header, bundle, edge_id=self.edge_id, current_version=self.version,
                          public_key=self.public_key, max_bytes=self.max_update_bytes)
-            if msg.kind == KIND_FULL:
-                model = ModularNet(**json.loads(msg.submodel_spec))
-                tensors = unpack(bundle, max_bytes=self.max_update_bytes,
-                                 templates={k: tuple(v.shape) for k, v in model.state_dict().items()})
-                self.runtime.swap(model, tensors)
-                self.spec = msg.submodel_spec
-            elif msg.kind == KIND_NORM_AFFINE:
-                if msg.submodel_spec != self.spec:
-                    raise UpdateRejected("affine update for another sub-model structure")
-                self.runtime.apply_affine(unpack(bundle, max_bytes=self.max_update_bytes,
-                                                 templates=self.runtime.affine_templates()))
-            else:
-                raise UpdateRejected(f"{KIND_NAMES[msg.kind]} updates are not supported by this edge yet")
+            apply_update(self.runtime, msg.kind, msg.submodel_spec, self.spec, bundle, self.max_update_bytes)
         except (UpdateRejected, UpdateError, CodecError, SignatureError, ValueError, TypeError, KeyError) as exc:
             self.counters["rejected_updates"] += 1
             self.last_reject = f"update v{msg.version}: {exc}"
             self.get_logger().warning(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
             return
         self.version = msg.version
+        self.spec = msg.submodel_spec
         self.counters["applied"] += 1
         self.get_logger().info(f"applied {KIND_NAMES[msg.kind]} update, now serving version {self.version}",
                                throttle_duration_sec=2.0)
