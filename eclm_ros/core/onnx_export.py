@@ -1,0 +1,213 @@
+"""Export an edge model to an ONNX graph that adapts its BatchNorm statistics frame by frame, as the torch edge
+runtime does (``norm.use_ema_stats``), with the adaptable state outside the weights.
+
+The torch exporter gives the structure and the weights (BatchNorm kept as BatchNormalization nodes). One graph
+pass then rewires every BatchNorm layer:
+- its running mean/var come from one input vector ``bn_state`` and its affine weight/bias from one input vector
+  ``affine`` (one Split each), so an affine update is a copy into a buffer the session reads, never a rebuild;
+- a training-mode BatchNormalization folds the frame's per-channel mean and (biased) variance into the running
+  statistics (EMA with the runtime's momentum), an inference-mode one normalises with the updated statistics;
+- the updated statistics leave as one output ``bn_state_out`` (fed back as the next frame's ``bn_state``).
+Two ops per BatchNorm layer: on a small CPU the per-op overhead costs as much as the convolutions.
+
+Conv and Linear weights stay initializers (constants ORT pre-packs and lays out for its NCHWc kernels), keyed
+by their state-dict names, so a model of the same structure with other weights is a patch of the template
+(``AdaptiveGraph.with_weights``) instead of a new export.
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from .models import INPUT_SHAPE
+
+OPSET = 17
+INPUTS = ("x", "bn_state", "affine")
+OUTPUTS = ("probs", "bn_state_out")
+_PREFIX = "model."  # the exported wrapper's attribute name: initializers are named "model.<state-dict name>"
+
+
+class ExportError(ValueError):
+    """A model this exporter cannot turn into an adaptive ONNX graph."""
+
+
+class _Probs(nn.Module):
+    """Class probabilities, so the session answers what the node publishes."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).softmax(1)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each BatchNorm layer's state lives in the ``bn_state`` / ``affine`` vectors: per layer, in order,
+    [mean, var] and [weight, bias], each ``size`` long."""
+
+    norm_names: tuple[str, ...]
+    sizes: tuple[int, ...]
+
+    @property
+    def length(self) -> int:
+        return 2 * sum(self.sizes)
+
+    def affine_keys(self) -> list[str]:
+        return [f"{n}.{p}" for n in self.norm_names for p in ("weight", "bias")]
+
+
+def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The BatchNorm layers the graph adapts; any other normalisation layer is refused."""
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if m.running_mean is None or not isinstance(m.weight, nn.Parameter):
+                raise ExportError(f"{name}: BatchNorm without running statistics or affine parameters")
+            out.append((name, m))
+        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
+            raise ExportError(f"{name}: {type(m).__name__} is not supported by the ONNX edge runtime")
+    return out
+
+
+def layout_of(model: nn.Module) -> Layout:
+    layers = norm_modules(model)
+    return Layout(tuple(n for n, _ in layers), tuple(m.num_features for _, m in layers))
+
+
+def state_vectors(model: nn.Module, layout: Layout) -> tuple[np.ndarray, np.ndarray]:
+    """(bn_state, affine) float32 vectors of a model, in the graph's layout."""
+    mods = dict(model.named_modules())
+    state = [t for n in layout.norm_names for t in (mods[n].running_mean, mods[n].running_var)]
+    affine = [t for n in layout.norm_names for t in (mods[n].weight, mods[n].bias)]
+    return (torch.cat(state).detach().float().numpy().copy(), torch.cat(affine).detach().float().numpy().copy())
+
+
+def load_state_vectors(model: nn.Module, layout: Layout, bn_state: np.ndarray, affine: np.ndarray) -> None:
+    """Write the vectors back into the torch model (the runtime's mirror of what it serves)."""
+    mods = dict(model.named_modules())
+    offset = 0
+    with torch.no_grad():
+        for name, size in zip(layout.norm_names, layout.sizes):
+            m = mods[name]
+            m.running_mean.copy_(torch.from_numpy(bn_state[offset:offset + size]))
+            m.running_var.copy_(torch.from_numpy(bn_state[offset + size:offset + 2 * size]))
+            m.weight.copy_(torch.from_numpy(affine[offset:offset + size]))
+            m.bias.copy_(torch.from_numpy(affine[offset + size:offset + 2 * size]))
+            offset += 2 * size
+
+
+def structure_key(model: nn.Module, momentum: float) -> str | None:
+    """Two models with equal keys export to the same graph up to weights; None when that cannot be known."""
+    config = getattr(model, "config", None)
+    if not callable(config):
+        return None
+    shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+    return json.dumps([type(model).__qualname__, config(), shapes, momentum], sort_keys=True, default=str)
+
+
+@dataclass
+class AdaptiveGraph:
+    """An exported adaptive graph and the names a same-structure model's weights patch into."""
+
+    proto: onnx.ModelProto
+    layout: Layout
+    weight_names: tuple[str, ...]  # state-dict names held as initializers
+
+    def to_bytes(self) -> bytes:
+        return self.proto.SerializeToString()
+
+    def with_weights(self, model: nn.Module) -> bytes:
+        """The serialised graph with ``model``'s Conv/Linear weights (same structure as the exported one)."""
+        params = model.state_dict()
+        patched = onnx.ModelProto()
+        patched.CopyFrom(self.proto)
+        by_name = {init.name: init for init in patched.graph.initializer}
+        for name in self.weight_names:
+            value = params[name].detach().cpu().numpy()
+            by_name[_PREFIX + name].CopyFrom(numpy_helper.from_array(value, _PREFIX + name))
+        return patched.SerializeToString()
+
+
+def _torch_export(model: nn.Module) -> onnx.ModelProto:
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer notes
+        torch.onnx.export(_Probs(model), (torch.zeros(INPUT_SHAPE),), buf, input_names=["x"],
+                          output_names=["probs"], dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}}, dynamo=False,
+                          opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def export_adaptive(model: nn.Module, momentum: float) -> AdaptiveGraph:
+    """The adaptive graph of ``model`` (left untouched): inputs x [N,1,28,28], bn_state, affine; outputs probs
+    [N,C], bn_state_out. Raises ExportError for a model it cannot express."""
+    if not 0 < momentum <= 1:
+        raise ExportError(f"momentum must be in (0, 1], got {momentum}")
+    model = copy.deepcopy(model).eval().requires_grad_(False)
+    layout = layout_of(model)
+    try:
+        proto = _torch_export(model)
+    except Exception as exc:  # the tracer's failures have no common type
+        raise ExportError(f"torch.onnx.export failed: {exc}") from exc
+    graph = proto.graph
+    index = {f"{_PREFIX}{n}.weight": i for i, n in enumerate(layout.norm_names)}
+    stats = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("mean", "var")]
+    affine = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("weight", "bias")]
+    nodes = [helper.make_node("Split", ["bn_state", "bn_split"], stats, axis=0),
+             helper.make_node("Split", ["affine", "bn_split"], affine, axis=0)]
+    replaced: set[str] = set()
+    seen: set[int] = set()
+    for node in graph.node:
+        if node.op_type != "BatchNormalization":
+            nodes.append(node)
+            continue
+        i = index.get(node.input[1])
+        if i is None or i in seen:
+            raise ExportError(f"BatchNormalization node {node.name!r} reads {node.input[1]!r}, not a BatchNorm layer")
+        seen.add(i)
+        replaced.update(node.input[1:])
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        ins = [f"bn{i}.weight", f"bn{i}.bias"]
+        nodes.append(helper.make_node(  # folds the frame's statistics into the running ones (EMA)
+            "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean", f"bn{i}.var"],
+            [f"bn{i}.batch_y", f"bn{i}.mean_out", f"bn{i}.var_out"], epsilon=eps, momentum=1.0 - momentum,
+            training_mode=1, name=f"bn{i}.ema"))
+        nodes.append(helper.make_node(  # normalises with the updated statistics
+            "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean_out", f"bn{i}.var_out"], list(node.output),
+            epsilon=eps, name=f"bn{i}.norm"))
+    if len(seen) != len(layout.sizes):
+        raise ExportError(f"{len(layout.sizes)} BatchNorm layers, {len(seen)} in the exported graph "
+                          "(a layer that is not run, or one the exporter fused)")
+    nodes.append(helper.make_node("Concat", [f"{s}_out" for s in stats], ["bn_state_out"], axis=0))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    kept = [init for init in graph.initializer if init.name not in replaced]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    graph.initializer.append(numpy_helper.from_array(np.repeat(np.asarray(layout.sizes, np.int64), 2), "bn_split"))
+    graph.input.extend([helper.make_tensor_value_info("bn_state", TensorProto.FLOAT, [layout.length]),
+                        helper.make_tensor_value_info("affine", TensorProto.FLOAT, [layout.length])])
+    graph.output.append(helper.make_tensor_value_info("bn_state_out", TensorProto.FLOAT, [layout.length]))
+    try:
+        onnx.checker.check_model(proto)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"the adaptive graph is not valid ONNX: {exc}") from exc
+    held = {init.name for init in graph.initializer}
+    norm_params = {f"{n}.{p}" for n in layout.norm_names
+                   for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
+    weights = tuple(k for k in model.state_dict() if k not in norm_params)
+    missing = [k for k in weights if _PREFIX + k not in held]
+    if missing:
+        raise ExportError(f"weights the exporter renamed or folded: {missing[:4]}")
+    return AdaptiveGraph(proto, layout, weights)
