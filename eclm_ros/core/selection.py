@@ -24,6 +24,16 @@ def entropy(probs: np.ndarray) -> np.ndarray:
     return -(p * np.log(p)).sum(axis=1)
 
 
+def entropy_one(probs: np.ndarray | list[float]) -> float:
+    """Entropy of one probability vector, in nats: ``entropy`` for a single frame in plain floats, because
+    numpy's per-call overhead on ten numbers costs more than the arithmetic."""
+    total = 0.0
+    for p in (probs.tolist() if isinstance(probs, np.ndarray) else probs):
+        p = min(max(p, 1e-12), 1.0)
+        total -= p * math.log(p)
+    return total
+
+
 @dataclass
 class Selector:
     """Stateful per-edge selector; ``select`` is O(1) per frame and vectorised over a batch."""
@@ -96,6 +106,38 @@ class Selector:
         self.seen += n
         self.uploaded += int(mask.sum())
         return mask
+
+    def select_one(self, probs: np.ndarray, ent: float | None = None) -> bool:
+        """``select`` for one frame [C] in O(1) plain-float work (the edge's per-frame path): same rule, same
+        state, same decisions as ``select(probs[None])[0]``. ``ent`` reuses the frame's entropy if known."""
+        p = probs.tolist()
+        if len(p) != self.num_classes:
+            raise ValueError(f"expected {self.num_classes} probabilities, got {len(p)}")
+        if ent is None:
+            ent = entropy_one(p)
+        if self.seen < self.warmup_frames:
+            self.warmup_entropy = (self.warmup_entropy * self.seen + ent) / (self.seen + 1)
+            self.running_entropy = self.warmup_entropy
+        else:
+            self.running_entropy = self.ema * self.running_entropy + (1 - self.ema) * ent
+        keep = self.e_min < ent < self.e_max
+        if keep and self.mean_probs is not None:
+            mean = self.mean_probs.tolist()
+            dot = sum(a * b for a, b in zip(p, mean))
+            norms = math.sqrt(sum(a * a for a in p)) * math.sqrt(sum(b * b for b in mean))
+            keep = abs(dot / (norms + 1e-12)) < self.redundancy_eps
+        if self.target_ratio > 0:
+            self.tokens = min(self.tokens + self.target_ratio, max(4.0, self.target_ratio * 2))
+            keep = keep and self.tokens >= 1.0
+            self.tokens -= keep
+            self.e_min = min(max(self.e_min + self.controller_gain * (keep - self.target_ratio)
+                                 * math.log(self.num_classes), 0.0), self.e_max * 0.9)
+        if keep:
+            frame = np.asarray(p)
+            self.mean_probs = frame if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * frame
+            self.uploaded += 1
+        self.seen += 1
+        return keep
 
     @property
     def upload_ratio(self) -> float:
