@@ -37,7 +37,7 @@ class System:
         }
 
     def start(self, name: str, namespace: str) -> NodeProcess:
-        path = self.tmp / f"{name}.yaml"
+        path = self.tmp / f"{name}-{len(self.procs)}.yaml"  # each process its own: they read it at start-up
         path.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": self.params[name]}}))
         proc = NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={namespace}",
                             "--params-file", str(path)], self.tmp / f"{name}-{len(self.procs)}.log")
@@ -207,5 +207,52 @@ def test_edge_survives_cloud_death_and_resyncs(system):
         system.start("cloud_coordinator", "/eclm")
         wait_for(lambda: preds[-1].model_version > at_kill + 1, 90,
                  f"updates from the restarted cloud beyond version {at_kill}")
+    finally:
+        listener.close()
+
+
+def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_cache):
+    import json
+
+    from eclm_ros.core.models import spec_cost
+    from eclm_ros.core.training import load_checkpoint
+    from eclm_ros.msg import DeviceProfile, EdgeStatus
+    from eclm_ros.ros_io import RELIABLE_QOS
+    from eclm_ros.srv import ReassembleSubmodel
+
+    listener = Recorder({"/eclm/edge_status": (EdgeStatus, RELIABLE_QOS)})
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        system.params["edge_learner"]["edge_id"] = "robot2"
+        system.start("edge_learner", "/robot2")
+        statuses = listener.received["/eclm/edge_status"]
+
+        def latest(edge: str):
+            return next((s for s in reversed(statuses) if s.edge_id == edge), None)
+
+        wait_for(lambda: all(latest(e) and latest(e).model_version >= 1 for e in ("robot1", "robot2")), 90,
+                 "both edges registered and serving the cloud's sub-model")
+        cloud = load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
+        whole = spec_cost(cloud, cloud.spec)[1]
+        client = listener.node.create_client(ReassembleSubmodel, "/eclm/reassemble_submodel")
+        assert client.wait_for_service(timeout_sec=20)
+
+        def call(**profile):
+            future = client.call_async(ReassembleSubmodel.Request(edge_id="robot1", reason="budget",
+                                                                  profile=DeviceProfile(**profile)))
+            return wait_for(lambda: future.done() and future.result(), 60, "the re-assembly answer")
+
+        def modules(edge: str) -> list[int]:
+            return [len(m) for m in json.loads(latest(edge).submodel_spec)["module_ids"]]
+
+        default = modules("robot2")
+        refused = call(max_params=10)
+        assert not refused.accepted and "no sub-model fits" in refused.message
+        answer = call(max_macs=whole)  # a bigger device: the whole cloud model fits
+        assert answer.accepted, answer.message
+        wait_for(lambda: latest("robot1").model_version >= answer.version, 30, "robot1 serving the new sub-model")
+        assert modules("robot1") == [len(s.module_ids) for s in cloud.stages] != default
+        assert modules("robot2") == default  # the other edge is untouched
     finally:
         listener.close()

@@ -52,6 +52,15 @@ class EdgeLearner(Node):
         cloud = p.declare("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services")
         self.heartbeat = p.declare("register_period_s", 5.0, "re-registration heartbeat: a restarted cloud is "
                                    "noticed within this time", lambda v: v > 0, "must be > 0")
+        self.profile = DeviceProfile(
+            runtime=DeviceProfile.RUNTIME_FORWARD_ONLY,
+            max_params=p.declare("max_params", 0, "sub-model parameter budget (0 = the cloud's default budget)",
+                                 lambda v: v >= 0, "must be >= 0"),
+            max_macs=p.declare("max_macs", 0, "sub-model multiply-accumulates per frame (0 = default budget)",
+                               lambda v: v >= 0, "must be >= 0"),
+            max_latency_ms=p.declare("max_latency_ms", 0.0, "per-frame latency budget (0 = none)",
+                                     lambda v: v >= 0, "must be >= 0"),
+            device=p.declare("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"))
         self.public_key = load_public_key(key) if key else None
 
         self.runtime = TorchEdgeRuntime(load_edge_model(quick, cache or None), momentum)
@@ -188,10 +197,9 @@ class EdgeLearner(Node):
         elif not self.register_client.service_is_ready():
             self.set_registered(False)
         elif not self.registered or now - self.register_sent > self.heartbeat:
-            profile = DeviceProfile(runtime=DeviceProfile.RUNTIME_FORWARD_ONLY, device="eclm_ros edge")
             self.register_sent = now
             self.register_future = self.register_client.call_async(
-                RegisterEdge.Request(edge_id=self.edge_id, profile=profile, current_version=self.version))
+                RegisterEdge.Request(edge_id=self.edge_id, profile=self.profile, current_version=self.version))
             self.register_future.add_done_callback(self.on_registered)
         self.flush()
 
@@ -226,7 +234,7 @@ class EdgeLearner(Node):
                             latency_p50_ms=float(np.median(self.latencies)) if self.latencies else 0.0,
                             mean_entropy=float(np.mean(self.entropies)) if self.entropies else 0.0)
         status.header.stamp = self.get_clock().now().to_msg()
-        status.profile.runtime = DeviceProfile.RUNTIME_FORWARD_ONLY
+        status.profile = self.profile
         self.status_pub.publish(status)
         level = DiagnosticStatus.OK if self.registered else DiagnosticStatus.WARN
         self.diagnostics.publish(level, "registered" if self.registered else "cloud unreachable", {
