@@ -46,7 +46,7 @@ def test_methods_see_identical_pixels_only(quick_cache, monkeypatch):
 
     monkeypatch.setitem(METHODS, "spy_a", make_spy)
     monkeypatch.setitem(METHODS, "spy_b", make_spy)
-    bench.run_bench(["spy_a", "spy_b"], [3], 8, 8, seed=0, quick=True, cache_dir=quick_cache)
+    bench.run_bench(["spy_a", "spy_b"], bench.default_streams([3], 8), 8, seed=0, quick=True, cache_dir=quick_cache)
     a, b = spies
     assert all(isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 for x in a.seen)
     assert all(np.array_equal(x, y) for x, y in zip(a.seen, b.seen))
@@ -59,3 +59,14 @@ def test_bad_arguments_are_refused(quick_cache, tmp_path, capsys):
         with pytest.raises(SystemExit):
             cli(["--quick", "--cache", str(quick_cache), "--out", str(tmp_path), *args])
     assert "magic" in capsys.readouterr().err
+
+
+def test_a_stream_of_your_own(quick_cache, tmp_path):
+    out = tmp_path / "own"
+    assert cli(["--quick", "--cache", str(quick_cache), "--out", str(out), "--methods", "source,eclm_ros",
+                "--schedule", "clean:20,fog@3:40", "--batch", "16"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    run = results["runs"]["custom"]
+    assert run["schedule"] == "clean:20,fog@3:40"
+    assert set(run["methods"]["eclm_ros"]["per_segment"]) == {"0:clean", "1:fog@3"}
+    assert run["methods"]["eclm_ros"]["frames"] == 60 and run["methods"]["eclm_ros"]["downlink_bytes"] > 0

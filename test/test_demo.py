@@ -19,6 +19,7 @@ def test_demo_writes_a_report(tmp_path, quick_cache, capsys):
     assert report["final_model_version"] >= 2 and report["updates_rejected"] == 0
     assert 0 < report["upload_ratio"] < 0.5
     assert set(report["per_segment"]) == {"0:clean", "1:contrast@5"}
+    assert 0 <= report["bench_accuracy"] <= 1  # the same stream in-process, for the agreement check
     assert (run / "accuracy.png").stat().st_size > 10_000
     assert "source model on the same frames" in (run / "report.md").read_text()
     assert "frames" in capsys.readouterr().out  # the live progress line

@@ -28,7 +28,7 @@ from .models import count_macs, count_params
 from .norm import affine_param_fraction
 from .preprocess import batch_to_tensor
 from .training import accuracy, calibration_images, load_checkpoint, load_edge_model
-from .world import WorldStream, default_schedule
+from .world import Schedule, WorldStream, default_schedule, parse_schedule
 
 NUM_CLASSES = 10
 
@@ -143,7 +143,12 @@ def run_method(method: Method, batches: list[tuple[np.ndarray, list]], progress=
             "_evaluator": ev}
 
 
-def run_bench(methods: list[str], severities: list[int], frames_per_segment: int, batch_size: int, seed: int,
+def default_streams(severities: list[int], frames_per_segment: int) -> dict[str, Schedule]:
+    """The default benchmark: all 15 corruptions in a row, continual, once per severity."""
+    return {f"severity_{sev}": default_schedule(sev, frames_per_segment) for sev in severities}
+
+
+def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int, seed: int,
               quick: bool, cache_dir: Path | None = None, console: Console | None = None) -> dict:
     console = console or Console()
     unknown = [m for m in methods if m not in METHODS]
@@ -157,13 +162,12 @@ def run_bench(methods: list[str], severities: list[int], frames_per_segment: int
               for name, m in (("cloud", cloud), ("edge", edge), ("edge_small", small))}
     models["edge"]["spec"] = edge.spec.to_json()
     models["edge"]["affine_fraction"] = round(affine_param_fraction(edge), 4)
-    results = {"config": {"methods": methods, "severities": severities, "frames_per_segment": frames_per_segment,
+    results = {"config": {"methods": methods, "streams": {k: s.to_string() for k, s in streams.items()},
                           "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True,
                           "torch_threads": torch.get_num_threads()},
                "models": models, "runs": {}}
     evaluators = {}
-    for sev in severities:
-        schedule = default_schedule(sev, frames_per_segment)
+    for key, schedule in streams.items():
         stream = WorldStream(test_x, test_y, schedule, seed)
         batches = list(stream.batches(batch_size))  # generated once: every method sees identical frames
         run = {}
@@ -172,13 +176,13 @@ def run_bench(methods: list[str], severities: list[int], frames_per_segment: int
             for name in methods:
                 torch.manual_seed(seed)
                 method = METHODS[name](ctx)
-                task = progress.add_task(f"severity {sev}: {name}", total=len(stream))
+                task = progress.add_task(f"{key}: {name}", total=len(stream))
                 res = run_method(method, batches, progress, task)
-                evaluators[(sev, name)] = res.pop("_evaluator")
+                evaluators[(key, name)] = res.pop("_evaluator")
                 run[name] = res
-                console.print(f"severity {sev} {name:<12} accuracy {res['accuracy']:.4f}  "
+                console.print(f"{key} {name:<16} accuracy {res['accuracy']:.4f}  "
                               f"upload {res['upload_ratio']:.3f}  {res['wall_s']:.1f} s")
-        results["runs"][f"severity_{sev}"] = {"schedule": schedule.to_string(), "methods": run}
+        results["runs"][key] = {"schedule": schedule.to_string(), "methods": run}
     results["_evaluators"] = evaluators
     return results
 
@@ -194,8 +198,9 @@ def _fmt_bytes(n: int) -> str:
 def to_markdown(results: dict) -> str:
     lines = ["# eclm-ros bench", ""]
     cfg = results["config"]
-    lines.append(f"Stream: all 15 corruptions, {cfg['frames_per_segment']} frames each, continual (no reset), "
-                 f"batch {cfg['batch_size']}, seed {cfg['seed']}{', quick models' if cfg['quick'] else ''}.")
+    lines.append(f"Continual streams (no reset between environments), batch {cfg['batch_size']}, seed {cfg['seed']}"
+                 f"{', quick models' if cfg['quick'] else ''}:")
+    lines += [f"- {key}: `{text}`" for key, text in cfg["streams"].items()]
     lines += ["", "| model | params | MACs/frame | clean test accuracy |", "|---|---:|---:|---:|"]
     for name, m in results["models"].items():
         lines.append(f"| {name} | {m['params']:,} | {m['macs']:,} | {m['clean_accuracy']:.4f} |")
@@ -221,12 +226,12 @@ def plot(results: dict, path: Path, window: int) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    sevs = results["config"]["severities"]
-    fig, axes = plt.subplots(len(sevs), 1, figsize=(12, 3.6 * len(sevs)), squeeze=False)
-    for ax, sev in zip(axes[:, 0], sevs):
+    keys = list(results["config"]["streams"])
+    fig, axes = plt.subplots(len(keys), 1, figsize=(12, 3.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
         starts = None
         for name in results["config"]["methods"]:
-            ev = results["_evaluators"][(sev, name)]
+            ev = results["_evaluators"][(key, name)]
             x, acc = ev.rolling(window)
             ax.plot(x, acc, label=name, lw=1.2)
             starts = starts or ev.segment_starts()
@@ -235,7 +240,7 @@ def plot(results: dict, path: Path, window: int) -> None:
             ax.text(frame, 1.01, env.split("@")[0].replace("_", " "), rotation=60, fontsize=6, va="bottom")
         ax.set_ylim(0, 1)
         ax.set_ylabel(f"accuracy (rolling {window})")
-        ax.set_title(f"severity {sev}", loc="left", fontsize=9)
+        ax.set_title(key.replace("_", " "), loc="left", fontsize=9)
         ax.legend(loc="lower left", fontsize=7, ncol=4)
     axes[-1, 0].set_xlabel("frame")
     fig.tight_layout()
@@ -248,7 +253,8 @@ def write_results(results: dict, out: Path) -> None:
     public = {k: v for k, v in results.items() if not k.startswith("_")}
     (out / "results.json").write_text(json.dumps(public, indent=2))
     (out / "results.md").write_text(to_markdown(results))
-    plot(results, out / "accuracy.png", window=max(16, results["config"]["frames_per_segment"] // 2))
+    frames = max(r["frames"] for run in results["runs"].values() for r in run["methods"].values())
+    plot(results, out / "accuracy.png", window=max(16, frames // 30))
 
 
 def cli(argv: list[str]) -> int:
@@ -258,6 +264,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
     parser.add_argument("--severity", default="3,5", help="comma-separated severities (1..5)")
     parser.add_argument("--frames-per-segment", type=int, default=0, help="0 = 1000 (quick: 64)")
+    parser.add_argument("--schedule", default="", help="one stream of your own instead of the severities, e.g. "
+                        "the demo's: 'clean:450,fog@3:900,...' (see world.parse_schedule)")
     parser.add_argument("--batch", type=int, default=64, help="frames per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
@@ -274,9 +282,13 @@ def cli(argv: list[str]) -> int:
     if args.batch < 1:
         parser.error("--batch must be >= 1")
     fps = args.frames_per_segment or (64 if args.quick else 1000)
+    try:
+        streams = {"custom": parse_schedule(args.schedule)} if args.schedule else default_streams(severities, fps)
+    except ValueError as exc:
+        parser.error(str(exc))
     console = Console()
     try:
-        results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], severities, fps, args.batch,
+        results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], streams, args.batch,
                             args.seed, args.quick, args.cache, console)
     except ValueError as exc:
         parser.error(str(exc))
