@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.duration import Duration
 from rclpy.node import Node
 
+from eclm_ros.core.chunking import split
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
 from eclm_ros.core.strategies import STRATEGIES, Update
@@ -41,6 +43,8 @@ class CloudCoordinator(Node):
                                      "the oldest are dropped", lambda v: v >= 1, "must be >= 1")
         self.save_period = p.declare("save_period_s", 10.0, "seconds between state saves", lambda v: v > 0,
                                      "must be > 0")
+        self.max_chunk_bytes = p.declare("max_chunk_bytes", 16 * 1024 * 1024, "updates whose payload is larger "
+                                         "travel in chunks of at most this many bytes", lambda v: v > 0, "must be > 0")
         strategy = p.declare("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module "
                              "integration) or eclm_ros (+ECAvg merge rounds across edges)",
                              lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}", read_only=True)
@@ -83,7 +87,13 @@ class CloudCoordinator(Node):
         if self.state.private_key is not None:
             msg.signature_scheme, msg.key_id, signature = signature_for(header, bundle, self.state.private_key)
             msg.signature = signature
-        self.update_pub.publish(msg)
+        chunks = split(bundle.payload, self.max_chunk_bytes)
+        msg.chunk_count = len(chunks)
+        for i, chunk in enumerate(chunks):
+            if i and i % UPDATE_QOS.depth == 0:  # a keep-last history would drop chunks not yet acknowledged
+                self.update_pub.wait_for_all_acked(Duration(seconds=5.0))
+            msg.chunk_index, msg.bundle.payload = i, chunk
+            self.update_pub.publish(msg)
         self.state.versions[edge_id] = new_version
         self.counters["updates"] += 1
         return new_version

@@ -8,16 +8,18 @@ import json
 import time
 from collections import deque
 
+import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from eclm_ros.core.bandwidth import LinkEstimate, upload_budget_bps
+from eclm_ros.core.chunking import Reassembler
 from eclm_ros.core.data import FASHION_MNIST_CLASSES
-from eclm_ros.core.edge_runtime import TorchEdgeRuntime, UpdateError
-from eclm_ros.core.preprocess import ImageFormatError, to_gray, to_model_input
-from eclm_ros.core.selection import Selector, encode_frames
+from eclm_ros.core.edge_runtime import UpdateError, make_runtime
+from eclm_ros.core.preprocess import SIZE, ImageFormatError, to_gray, to_model_input
+from eclm_ros.core.selection import Selector, encode_frames, entropy_one
 from eclm_ros.core.signing import SignatureError, load_public_key
 from eclm_ros.core.tensor_codec import CodecError
 from eclm_ros.core.training import load_edge_model
@@ -63,7 +65,15 @@ class EdgeLearner(Node):
             device=p.declare("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"))
         self.public_key = load_public_key(key) if key else None
 
-        self.runtime = TorchEdgeRuntime(load_edge_model(quick, cache or None), momentum)
+        runtime = p.declare("runtime", "onnx", "inference runtime: onnx (ONNX Runtime, forward-only devices) or "
+                            "torch", lambda v: v in ("onnx", "torch"), "onnx or torch", read_only=True)
+        threads = p.declare("runtime_threads", 1, "inference threads (1 suits a small CPU shared with the robot)",
+                            lambda v: v >= 1, "must be >= 1", read_only=True)
+        chunk_timeout = p.declare("chunk_timeout_s", 30.0, "a chunked update still incomplete after this long is "
+                                  "given up (and counted as rejected)", lambda v: v > 0, "must be > 0")
+        self.runtime = make_runtime(runtime, load_edge_model(quick, cache or None), momentum, threads)
+        self.chunks = Reassembler(max_payloads=4, max_bytes=2 * self.max_update_bytes, timeout_s=chunk_timeout)
+        self.prediction = Prediction()  # reused: publish() serialises it at once
         self.version = 0
         self.spec = json.dumps({"module_ids": [list(s) for s in self.runtime.model.spec.stages]})
         self.selector = Selector(10, target_ratio=self.upload_ratio)
@@ -97,27 +107,30 @@ class EdgeLearner(Node):
     def on_image(self, msg: Image) -> None:
         t0 = time.perf_counter()
         try:
-            img = image_to_numpy(msg)
-            x = to_model_input(img, "bgr" if msg.encoding == "bgr8" else "rgb", out=self.input[0])
+            gray = to_gray(image_to_numpy(msg), "bgr" if msg.encoding == "bgr8" else "rgb")
+            # the model's own view of the frame (to_model_input's resize); it is also what an upload carries
+            small = gray if gray.shape == (SIZE, SIZE) else cv2.resize(gray, (SIZE, SIZE),
+                                                                      interpolation=cv2.INTER_AREA)
+            to_model_input(small, out=self.input[0])
         except (ImageError, ImageFormatError) as exc:
             self.counters["rejected_images"] += 1
             self.last_reject = f"image: {exc}"
             self.get_logger().warning(f"rejected image: {exc}", throttle_duration_sec=5.0)
             return
-        probs = self.runtime.infer(x[None])[0]
+        probs = self.runtime.infer(self.input)[0]
         cls = int(probs.argmax())
-        ent = float(-(probs * np.log(np.clip(probs, 1e-12, 1))).sum())
-        selected = bool(self.selector.select(probs[None])[0])
-        self.pred_pub.publish(Prediction(header=msg.header, class_id=cls, label=FASHION_MNIST_CLASSES[cls],
-                                         score=float(probs[cls]), entropy=ent, model_version=self.version,
-                                         selected=selected))
+        ent = entropy_one(probs)
+        selected = self.selector.select_one(probs, ent)
+        pred = self.prediction
+        pred.header, pred.class_id, pred.label = msg.header, cls, FASHION_MNIST_CLASSES[cls]
+        pred.score, pred.entropy, pred.model_version, pred.selected = float(probs[cls]), ent, self.version, selected
+        self.pred_pub.publish(pred)
         self.counters["frames"] += 1
         self.latencies.append((time.perf_counter() - t0) * 1000)
         self.entropies.append(ent)
         self.frame_times.append(time.monotonic())
         if selected:
-            gray = to_gray(img, "bgr" if msg.encoding == "bgr8" else "rgb")
-            self.pending.append((msg.header.stamp, gray, cls, ent, probs))
+            self.pending.append((msg.header.stamp, small, cls, ent, probs))
             if len(self.pending) >= self.upload_batch:
                 self.enqueue_batch()
 
@@ -166,9 +179,16 @@ class EdgeLearner(Node):
             self.get_logger().info(f"ignored update v{msg.version} for {msg.target_edge!r}", throttle_duration_sec=10.0)
             return
         try:
-            if msg.chunk_count != 1:
-                raise UpdateRejected(f"chunked updates ({msg.chunk_count} chunks) are not supported by this edge")
-            bundle = msg_to_bundle(msg.bundle)
+            payload = None
+            if msg.chunk_count != 1:  # reassembled first; the digest then checks the whole payload
+                payload = self.chunks.add(msg.update_id, msg.chunk_index, msg.chunk_count, msg.bundle.payload)
+                for update_id, reason in self.chunks.take_dropped():
+                    self.counters["rejected_updates"] += 1
+                    self.last_reject = f"chunked update {update_id[:8]}: {reason}"
+                    self.get_logger().warning(self.last_reject)
+                if payload is None:
+                    return
+            bundle = msg_to_bundle(msg.bundle, payload)
             check_update(header, bundle, edge_id=self.edge_id, current_version=self.version,
                          public_key=self.public_key, max_bytes=self.max_update_bytes)
             apply_update(self.runtime, msg.kind, msg.submodel_spec, self.spec, bundle, self.max_update_bytes)
