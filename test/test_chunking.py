@@ -1,5 +1,7 @@
 """Chunked payloads: split at a limit, reassembled whatever the order, duplicates and losses, within bounded
 memory; a tensor bundle survives the trip and its digest still guards the whole."""
+import json
+
 import numpy as np
 import pytest
 
@@ -114,3 +116,72 @@ def test_a_bundle_survives_chunking_and_its_digest_guards_the_whole(rng):
     tampered[123] ^= 1
     with pytest.raises(CodecError):
         unpack(Bundle(bundle.specs, bytes(tampered), bundle.compression, bundle.raw_size, bundle.digest))
+
+
+def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick_cache, tmp_path):
+    """The real edge_learner process: chunks out of order and duplicated still make one update; an update
+    missing a chunk is given up after chunk_timeout_s and reported, and serving goes on."""
+    import time
+    import uuid
+
+    import yaml
+
+    from node_processes import NodeProcess, Recorder, ros_available, wait_for
+
+    if ros_available() is not None:
+        pytest.skip(ros_available())
+    from sensor_msgs.msg import Image
+
+    from eclm_ros.core.training import load_edge_model
+    from eclm_ros.core.updates import KIND_FULL
+    from eclm_ros.launcher import node_executable
+    from eclm_ros.msg import ModelUpdate, Prediction
+    from eclm_ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, bundle_to_msg
+
+    params = tmp_path / "edge.yaml"
+    params.write_text(yaml.safe_dump({"/**/edge_learner": {"ros__parameters": {
+        "quick_models": True, "model_cache": str(quick_cache), "chunk_timeout_s": 2.0,
+        "cloud_namespace": "/chunk_cloud"}}}))
+    edge = NodeProcess([*node_executable("edge_learner"), "--ros-args", "-r", "__ns:=/chunk_edge",
+                        "--params-file", str(params)], tmp_path / "edge.log")
+    recorder = Recorder({"/chunk_edge/predictions": (Prediction, RELIABLE_QOS)})
+    try:
+        images = recorder.publisher(Image, "/chunk_edge/image", SENSOR_QOS)
+        updates = recorder.publisher(ModelUpdate, "/chunk_cloud/model_updates", UPDATE_QOS)
+        preds = recorder.received["/chunk_edge/predictions"]
+        rng = np.random.default_rng(1)
+
+        def serving() -> int:
+            images.publish(Image(height=28, width=28, encoding="mono8", step=28,
+                                 data=rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+            time.sleep(0.05)
+            return preds[-1].model_version if preds else -1
+
+        wait_for(lambda: serving() == 0, 90, "predictions from the initial model")
+        model = load_edge_model(quick=True, cache_dir=quick_cache)
+        bundle = pack({k: v.numpy() for k, v in model.state_dict().items()}, compress=False)
+        chunks = split(bundle.payload, 16 * 1024)
+        assert len(chunks) >= 4
+
+        def send(version: int, order: list[int]) -> None:
+            msg = ModelUpdate(target_edge="robot1", update_id=uuid.uuid4().hex, version=version, base_version=0,
+                              kind=KIND_FULL, submodel_spec=json.dumps(model.config()), chunk_count=len(chunks))
+            bundle_to_msg(bundle, msg.bundle)
+            for i in order:
+                msg.chunk_index, msg.bundle.payload = i, chunks[i]
+                updates.publish(msg)
+                time.sleep(0.1)
+
+        n = len(chunks)
+        send(1, list(reversed(range(n))) + [0])
+        wait_for(lambda: serving() == 1, 30, "version 1 from a reordered, duplicated chunked update")
+        send(2, list(range(n - 1)))  # the last chunk is lost
+        time.sleep(2.5)
+        send(3, list(range(n)))  # its first chunk's arrival notices the stale one
+        wait_for(lambda: serving() == 3, 30, "version 3 after the incomplete version 2")
+        assert 2 not in {p.model_version for p in preds}
+    finally:
+        recorder.close()
+        edge.stop()
+    log = edge.log_path.read_text()
+    assert "incomplete after 2 s" in log, log[-3000:]
