@@ -185,3 +185,50 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
         edge.stop()
     log = edge.log_path.read_text()
     assert "incomplete after 2 s" in log, log[-3000:]
+
+
+def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_path):
+    """cloud_coordinator with a small max_chunk_bytes: the registration's full update leaves in chunks and the
+    edge serves it."""
+    import yaml
+
+    from node_processes import NodeProcess, Recorder, ros_available, wait_for
+
+    if ros_available() is not None:
+        pytest.skip(ros_available())
+    from sensor_msgs.msg import Image
+
+    from eclm_ros.launcher import node_executable
+    from eclm_ros.msg import ModelUpdate, Prediction
+    from eclm_ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS
+
+    common = {"quick_models": True, "model_cache": str(quick_cache)}
+    procs = []
+    for name, ns, extra in (("cloud_coordinator", "/chunked_cloud", {"max_chunk_bytes": 40_000}),
+                            ("edge_learner", "/chunked_edge", {"cloud_namespace": "/chunked_cloud"})):
+        params = tmp_path / f"{name}.yaml"
+        params.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": {**common, **extra}}}))
+        procs.append(NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
+                                  str(params)], tmp_path / f"{name}.log"))
+    recorder = Recorder({"/chunked_edge/predictions": (Prediction, RELIABLE_QOS),
+                         "/chunked_cloud/model_updates": (ModelUpdate, UPDATE_QOS)})
+    try:
+        images = recorder.publisher(Image, "/chunked_edge/image", SENSOR_QOS)
+        preds = recorder.received["/chunked_edge/predictions"]
+        rng = np.random.default_rng(2)
+
+        def serving() -> int:
+            images.publish(Image(height=28, width=28, encoding="mono8", step=28,
+                                 data=rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+            return preds[-1].model_version if preds else -1
+
+        wait_for(lambda: serving() >= 1, 120, "the edge serving the cloud's first (chunked) update")
+    finally:
+        recorder.close()
+        for p in procs:
+            p.stop()
+    sent = recorder.received["/chunked_cloud/model_updates"]
+    first = [m for m in sent if m.version == 1]
+    assert first and first[0].chunk_count > 1
+    assert sorted(m.chunk_index for m in first) == list(range(first[0].chunk_count))
+    assert all(len(m.bundle.payload) <= 40_000 for m in first)
