@@ -256,3 +256,30 @@ def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_ca
         assert modules("robot2") == default  # the other edge is untouched
     finally:
         listener.close()
+
+
+def _values(listener, node: str) -> dict[str, str]:
+    for arr in reversed(listener.received["/diagnostics"]):
+        for status in arr.status:
+            if node in status.name:
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def test_trainable_edge_adapts_itself_and_the_cloud_integrates_its_modules(system):
+    system.params["edge_learner"].update(adapt_locally=True, local_batch=8, module_upload_frames=64)
+    listener = _listener()
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        system.start("camera_stream", "/robot1")
+        wait_for(lambda: int(_values(listener, "cloud_coordinator").get("modules_integrated", 0)) >= 2, 90,
+                 "the cloud integrating the trainable edge's modules twice")
+        wait_for(lambda: int(_values(listener, "edge_learner").get("local_steps", 0)) >= 16, 10,
+                 "the edge's local adaptation steps on /diagnostics")
+        assert int(_values(listener, "cloud_coordinator")["rejected_modules"]) == 0
+        count = len(listener.received["/robot1/predictions"])
+        wait_for(lambda: len(listener.received["/robot1/predictions"]) > count + 40, 10, "predictions going on")
+    finally:
+        listener.close()
+    assert "error" not in system.procs[1].output().lower(), system.procs[1].output()[-3000:]

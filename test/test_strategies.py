@@ -144,3 +144,31 @@ def test_state_survives_a_restart(cloud):
     assert after.spec == before.spec and after.frames == before.frames
     torch.testing.assert_close(affine_state(after.distiller.student), affine_state(before.distiller.student))
     assert restored.register("robot1", Profile()).reason == "resync"
+
+
+def test_local_adapter_learns_affine_only_and_its_modules_integrate(cloud, quick_cache):
+    from eclm_ros.core.local_adapt import LocalAdapter
+    from eclm_ros.core.preprocess import batch_to_array
+    from eclm_ros.core.training import load_edge_model
+
+    edge = load_edge_model(quick=True, cache_dir=quick_cache)
+    adapter = LocalAdapter(edge, batch_size=8)
+    before = {k: v.clone() for k, v in adapter.model.named_parameters()}
+    x = batch_to_array(_frames("fog", 24))
+    states = [adapter.add(frame) for frame in x]
+    assert [s is not None for s in states].count(True) == 3 and adapter.steps == 3
+    changed = {k for k, v in adapter.model.named_parameters() if not torch.equal(before[k], v)}
+    assert changed and changed <= set(affine_params(adapter.model))
+    torch.testing.assert_close(dict(edge.named_parameters())["stem.0.weight"], before["stem.0.weight"])  # untouched
+
+    strategy = Compose(cloud, quick=True, integrate_weight=1.0)
+    update = strategy.register("robot1", Profile(trainable=True))
+    modules = adapter.module_state()
+    key = next(k for k in modules if k.endswith("body.1.weight"))
+    stage, module = int(key.split(".")[1]), int(key.split(".")[2][len("module"):])
+    cloud_block = cloud.stages[stage].blocks[cloud.stages[stage].module_ids.index(module)]
+    strategy.on_modules("robot1", update.submodel_spec, modules, 24)
+    torch.testing.assert_close(cloud_block.body[1].weight, modules[key])  # weight 1: the cloud takes the edge's
+    with pytest.raises(ValueError, match="no longer serves"):
+        strategy.on_modules("robot1", "{}", modules, 24)
+    assert strategy.on_samples("robot1", _frames("fog", 64)) is None  # no distilled affine over local learning

@@ -235,7 +235,7 @@ class EclmRos:
         for i, img in enumerate(images):
             probs = self.runtime.infer(to_model_input(img, out=self.input[0])[None])[0]
             preds[i] = probs.argmax()
-            if self.selector.select(probs[None])[0]:
+            if self.selector.select_one(probs):
                 self.pending.append(img)
                 if len(self.pending) >= self.upload_batch:
                     frames = self.link.upload(np.stack(self.pending))

@@ -90,8 +90,9 @@ class Strategy:
         """Frames an edge uploaded (uint8 [N,28,28]); maybe an update for it."""
         raise NotImplementedError
 
-    def on_modules(self, edge_id: str, module_state: dict[str, torch.Tensor], frames: int) -> Update | None:
-        """Module weights a trainable edge adapted itself; maybe an update for it."""
+    def on_modules(self, edge_id: str, spec_json: str, module_state: dict[str, torch.Tensor],
+                   frames: int) -> Update | None:
+        """Module weights a trainable edge adapted itself (for structure ``spec_json``); maybe an update."""
         return None
 
     def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
@@ -176,7 +177,9 @@ class Distil(Strategy):
         if len(session.distiller.pending) < self.min_step_frames:
             return None
         state = session.distiller.step()
-        return None if state is None else Update(KIND_NORM_AFFINE, state, session.spec_json)
+        if state is None or session.profile.trainable:  # a trainable edge adapts its affine parameters itself
+            return None
+        return Update(KIND_NORM_AFFINE, state, session.spec_json)
 
     def state_dict(self) -> dict:
         return {edge: {"profile": s.profile.__dict__, "spec": [list(x) for x in s.spec.stages], "served": s.served,
@@ -230,9 +233,13 @@ class Compose(Distil):
         return Update(KIND_MODULES, tensors, session.spec_json,
                       f"recomposed {list(old.stages)} -> {list(proposed.stages)} for the environment")
 
-    def on_modules(self, edge_id: str, module_state: dict[str, torch.Tensor], frames: int) -> Update | None:
-        """Integrate a trainable edge's adapted modules into the cloud model (and its teacher), module by module."""
+    def on_modules(self, edge_id: str, spec_json: str, module_state: dict[str, torch.Tensor],
+                   frames: int) -> Update | None:
+        """Integrate a trainable edge's adapted modules into the cloud model (and its teacher), module by module.
+        Modules adapted on a structure the cloud has since replaced are refused."""
         session = self._session(edge_id)
+        if spec_json != session.spec_json:
+            raise ValueError(f"modules of {edge_id!r} were adapted on a structure it no longer serves")
         integrate(self.cloud, module_state, self.integrate_weight)
         integrate(session.distiller.teacher, module_state, self.integrate_weight)
         session.frames += int(frames)
