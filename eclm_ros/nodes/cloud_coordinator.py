@@ -10,6 +10,7 @@ import uuid
 
 import cv2
 import numpy as np
+import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
@@ -19,11 +20,11 @@ from eclm_ros.core.chunking import split
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
 from eclm_ros.core.strategies import STRATEGIES, Update
-from eclm_ros.core.tensor_codec import pack
+from eclm_ros.core.tensor_codec import CodecError, pack, unpack
 from eclm_ros.core.updates import UpdateHeader, signature_for
-from eclm_ros.msg import EdgeStatus, ModelUpdate, SampleBatch
-from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, profile_from_msg,
-                            run_node)
+from eclm_ros.msg import EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
+from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, msg_to_bundle,
+                            profile_from_msg, run_node)
 from eclm_ros.srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
 
 
@@ -53,13 +54,16 @@ class CloudCoordinator(Node):
         self.state = CoordinatorState(quick=quick, cache_dir=cache or None, state_dir=state_dir or None,
                                       private_key_path=key or None, strategy=strategy)
         self.counters = dict(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0, registrations=0,
-                             recompositions=0, merges_accepted=0, merges_refused=0)
+                             recompositions=0, merges_accepted=0, merges_refused=0, modules_integrated=0,
+                             rejected_modules=0)
         self.last_reject = ""
         self.work: queue.Queue = queue.Queue(maxsize=self.max_pending)
         self.update_pub = self.create_publisher(ModelUpdate, "model_updates", UPDATE_QOS)
         group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=group)
         self.create_subscription(EdgeStatus, "edge_status", self.on_status, RELIABLE_QOS, callback_group=group)
+        self.create_subscription(LearnedModules, "learned_modules", self.on_modules, RELIABLE_QOS,
+                                 callback_group=group)
         self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
         self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
         self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
@@ -164,6 +168,19 @@ class CloudCoordinator(Node):
         self.counters["batches"] += 1
         self.counters["frames"] += len(frames)
 
+    def on_modules(self, msg: LearnedModules) -> None:
+        """A trainable edge's adapted modules: decoded strictly here, integrated on the learning thread."""
+        try:
+            if msg.edge_id not in self.state.versions:
+                raise ValueError(f"modules from unregistered edge {msg.edge_id!r}")
+            tensors = {k: torch.from_numpy(v) for k, v in unpack(msg_to_bundle(msg.bundle)).items()}
+        except (ValueError, CodecError) as exc:
+            self.counters["rejected_modules"] += 1
+            self.last_reject = f"modules: {exc}"
+            self.get_logger().warning(self.last_reject)
+            return
+        self._submit(("modules", msg.edge_id, (msg.submodel_spec, tensors, int(msg.frames))))
+
     def learn(self) -> None:
         """Worker thread: distil / re-compose on uploads, run merge rounds, publish the resulting updates."""
         while self.running:
@@ -175,9 +192,13 @@ class CloudCoordinator(Node):
                 with self.state.lock:
                     if job == "samples":
                         self._send(edge_id, self.state.strategy.on_samples(edge_id, frames))
+                    elif job == "modules":
+                        self._send(edge_id, self.state.strategy.on_modules(edge_id, *frames))
+                        self.counters["modules_integrated"] += 1
                     else:
                         self._merge_round()
             except Exception as exc:  # a learning failure must not kill the coordinator
+                self.counters["rejected_modules"] += job == "modules"
                 self.last_reject = f"{job} for {edge_id}: {exc}"
                 self.get_logger().error(self.last_reject)
 

@@ -5,6 +5,8 @@ Subscribes `image` (remap it to your camera), publishes `predictions`; talks to 
 the link budget on `bandwidth`. It keeps serving with its last good model whatever arrives or fails.
 """
 import json
+import queue
+import threading
 import time
 from collections import deque
 
@@ -17,17 +19,19 @@ from sensor_msgs.msg import Image
 from eclm_ros.core.bandwidth import LinkEstimate, upload_budget_bps
 from eclm_ros.core.chunking import Reassembler
 from eclm_ros.core.data import FASHION_MNIST_CLASSES
+from eclm_ros.core.local_adapt import LocalAdapter
 from eclm_ros.core.edge_runtime import UpdateError, make_runtime
 from eclm_ros.core.preprocess import SIZE, ImageFormatError, to_gray, to_model_input
 from eclm_ros.core.selection import Selector, encode_frames, entropy_one
 from eclm_ros.core.signing import SignatureError, load_public_key
-from eclm_ros.core.tensor_codec import CodecError
+from eclm_ros.core.tensor_codec import CodecError, pack
 from eclm_ros.core.training import load_edge_model
-from eclm_ros.core.updates import KIND_NAMES, UpdateHeader, UpdateRejected, apply_update, check_update
-from eclm_ros.msg import (BandwidthEstimate, DeviceProfile, EdgeStatus, EncodedFrame, ModelUpdate, Prediction,
-                          SampleBatch)
+from eclm_ros.core.updates import (KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader, UpdateRejected, apply_update,
+                                   check_update)
+from eclm_ros.msg import (BandwidthEstimate, DeviceProfile, EdgeStatus, EncodedFrame, LearnedModules, ModelUpdate,
+                          Prediction, SampleBatch)
 from eclm_ros.ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, NodeParameters,
-                            image_to_numpy, msg_to_bundle, run_node)
+                            bundle_to_msg, image_to_numpy, msg_to_bundle, run_node)
 from eclm_ros.srv import RegisterEdge
 
 
@@ -64,6 +68,15 @@ class EdgeLearner(Node):
                                      lambda v: v >= 0, "must be >= 0"),
             device=p.declare("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"))
         self.public_key = load_public_key(key) if key else None
+        adapt = p.declare("adapt_locally", False, "trainable profile: adapt the sub-model on the edge too (Tent, off "
+                          "the inference path) and send its modules up for the cloud to integrate (ECLM)",
+                          read_only=True)
+        local_batch = p.declare("local_batch", 16, "frames per local adaptation step", lambda v: 2 <= v <= 256,
+                                "must be in [2, 256]", read_only=True)
+        self.module_upload_frames = p.declare("module_upload_frames", 512, "send the adapted modules up every this "
+                                              "many adapted frames", lambda v: v >= 1, "must be >= 1")
+        if adapt:
+            self.profile.runtime = DeviceProfile.RUNTIME_TRAINABLE
 
         runtime = p.declare("runtime", "onnx", "inference runtime: onnx (ONNX Runtime, forward-only devices) or "
                             "torch", lambda v: v in ("onnx", "torch"), "onnx or torch", read_only=True)
@@ -74,6 +87,10 @@ class EdgeLearner(Node):
         self.runtime = make_runtime(runtime, load_edge_model(quick, cache or None), momentum, threads)
         self.chunks = Reassembler(max_payloads=4, max_bytes=2 * self.max_update_bytes, timeout_s=chunk_timeout)
         self.prediction = Prediction()  # reused: publish() serialises it at once
+        self.adapter = LocalAdapter(self.runtime.model, local_batch) if adapt else None
+        self.adapt_queue: queue.Queue = queue.Queue(maxsize=4 * local_batch)
+        self.adapt_lock = threading.Lock()
+        self.adapted = 0
         self.version = 0
         self.spec = json.dumps({"module_ids": [list(s) for s in self.runtime.model.spec.stages]})
         self.selector = Selector(10, target_ratio=self.upload_ratio)
@@ -83,7 +100,8 @@ class EdgeLearner(Node):
         self.budget_bps = float("inf")  # until the bandwidth monitor reports, the link is not limited
         self.tokens = 0.0
         self.counters = dict(frames=0, uploaded=0, applied=0, rejected_updates=0, rejected_images=0,
-                             dropped_batches=0, batches_sent=0, ignored_updates=0)
+                             dropped_batches=0, batches_sent=0, ignored_updates=0, local_steps=0,
+                             modules_sent=0, adapt_skipped=0)
         self.last_reject = ""
         self.latencies: deque[float] = deque(maxlen=200)
         self.entropies: deque[float] = deque(maxlen=200)
@@ -95,12 +113,18 @@ class EdgeLearner(Node):
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
         self.sample_pub = self.create_publisher(SampleBatch, f"{cloud}/samples", RELIABLE_QOS)
         self.status_pub = self.create_publisher(EdgeStatus, f"{cloud}/edge_status", RELIABLE_QOS)
+        self.modules_pub = self.create_publisher(LearnedModules, f"{cloud}/learned_modules", RELIABLE_QOS)
         self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
         self.create_subscription(ModelUpdate, f"{cloud}/model_updates", self.on_update, UPDATE_QOS)
         self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
         self.register_client = self.create_client(RegisterEdge, f"{cloud}/register_edge")
         self.diagnostics = Diagnostics(self, "edge learner")
         self.create_timer(1.0, self.on_status)
+        self.stopping = False
+        self.adapt_thread = threading.Thread(target=self.adapt_loop, name="eclm-adapt", daemon=True) \
+            if self.adapter is not None else None
+        if self.adapt_thread is not None:
+            self.adapt_thread.start()
         self.create_timer(0.5, self.on_link)
         self.get_logger().info(f"edge {self.edge_id} serving {self.spec}, waiting for the cloud")
 
@@ -126,6 +150,11 @@ class EdgeLearner(Node):
         pred.score, pred.entropy, pred.model_version, pred.selected = float(probs[cls]), ent, self.version, selected
         self.pred_pub.publish(pred)
         self.counters["frames"] += 1
+        if self.adapter is not None:
+            try:
+                self.adapt_queue.put_nowait(self.input[0].copy())
+            except queue.Full:  # adaptation lags the camera: skip frames, never delay serving
+                self.counters["adapt_skipped"] += 1
         self.latencies.append((time.perf_counter() - t0) * 1000)
         self.entropies.append(ent)
         self.frame_times.append(time.monotonic())
@@ -200,8 +229,49 @@ class EdgeLearner(Node):
         self.version = msg.version
         self.spec = msg.submodel_spec
         self.counters["applied"] += 1
+        if self.adapter is not None and msg.kind != KIND_NORM_AFFINE:  # a new structure or weights: adapt from it
+            with self.adapt_lock:
+                self.adapter.rebase(self.runtime.model)
+                self.adapted = 0
         self.get_logger().info(f"applied {KIND_NAMES[msg.kind]} update, now serving version {self.version}",
                                throttle_duration_sec=2.0)
+
+    def adapt_loop(self) -> None:
+        """Local adaptation thread (trainable profile): Tent steps on served frames, served at once; the adapted
+        modules go up every ``module_upload_frames`` frames."""
+        while self.adapter is not None and not self.stopping:
+            try:
+                x = self.adapt_queue.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            with self.adapt_lock:
+                state = self.adapter.add(x)
+                if state is None:
+                    continue
+                try:
+                    self.runtime.apply_affine({k: v.numpy() for k, v in state.items()})
+                except UpdateError as exc:  # cannot happen for a model's own state, but never stop serving
+                    self.get_logger().error(f"local adaptation not applied: {exc}")
+                    continue
+                self.counters["local_steps"] += 1
+                self.adapted += self.adapter.batch_size
+                if self.adapted >= self.module_upload_frames and self.registered:
+                    self.send_modules()
+
+    def send_modules(self) -> None:
+        bundle = pack(self.adapter.module_state(), encoding="fp16")
+        msg = LearnedModules(edge_id=self.edge_id, base_version=self.version, submodel_spec=self.spec,
+                             frames=self.adapted)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        bundle_to_msg(bundle, msg.bundle)
+        self.modules_pub.publish(msg)
+        self.counters["modules_sent"] += 1
+        self.adapted = 0
+
+    def close(self) -> None:
+        self.stopping = True
+        if self.adapt_thread is not None:
+            self.adapt_thread.join(timeout=5)
 
     def on_link(self) -> None:
         """Register with the cloud and keep re-registering as a heartbeat: a dead or restarted cloud is noticed
