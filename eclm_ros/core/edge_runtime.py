@@ -73,7 +73,7 @@ class _Swapper:
 class TorchEdgeRuntime(_Swapper):
     """A torch model served frame by frame, BatchNorm statistics following the stream (forward-only EMA)."""
 
-    def __init__(self, model: nn.Module, bn_momentum: float = 0.05) -> None:
+    def __init__(self, model: nn.Module, bn_momentum: float = 0.01) -> None:
         super().__init__()
         self.bn_momentum = bn_momentum
         self._lock = threading.Lock()
@@ -166,7 +166,7 @@ class OrtEdgeRuntime(_Swapper):
     """The edge model in ONNX Runtime: same answers as TorchEdgeRuntime (forward-only BatchNorm EMA in the
     graph), a fraction of the per-frame cost, affine updates without a rebuild."""
 
-    def __init__(self, model: nn.Module, bn_momentum: float = 0.05, threads: int = 1, cache_size: int = 4) -> None:
+    def __init__(self, model: nn.Module, bn_momentum: float = 0.01, threads: int = 1, cache_size: int = 4) -> None:
         super().__init__()
         self.bn_momentum = bn_momentum
         self.options = session_options(threads)
@@ -250,7 +250,7 @@ class OrtEdgeRuntime(_Swapper):
             self._current, self._mirror = session, model
 
 
-def make_runtime(kind: str, model: nn.Module, bn_momentum: float = 0.05, threads: int = 1):
+def make_runtime(kind: str, model: nn.Module, bn_momentum: float = 0.01, threads: int = 1):
     """``onnx`` (ONNX Runtime, forward-only devices) or ``torch``."""
     if kind == "onnx":
         return OrtEdgeRuntime(model, bn_momentum, threads)

@@ -73,10 +73,12 @@ def use_batch_stats(model: nn.Module) -> nn.Module:
     return model
 
 
-def use_ema_stats(model: nn.Module, momentum: float = 0.05) -> list:
+def use_ema_stats(model: nn.Module, momentum: float = 0.01) -> list:
     """Forward-only test-time BN for a frame-by-frame edge: each BatchNorm layer first folds the incoming
     activations' statistics into its running statistics (EMA), then normalises with them. A single frame
-    cannot supply batch statistics; an EMA over recent frames tracks the environment just the same.
+    cannot supply batch statistics; an EMA over recent frames tracks the environment just the same. The
+    variance is taken about the updated running mean, not the frame's own mean: averaging each frame's own
+    variance would miss how frames differ from each other and normalise with too small a variance.
     Returns the hook handles (``handle.remove()`` restores plain eval behaviour)."""
     if not 0 < momentum <= 1:
         raise ValueError(f"momentum must be in (0, 1], got {momentum}")
@@ -85,7 +87,8 @@ def use_ema_stats(model: nn.Module, momentum: float = 0.05) -> list:
         x = args[0].detach()
         dims = [0] + list(range(2, x.dim()))
         bn.running_mean.mul_(1 - momentum).add_(x.mean(dims), alpha=momentum)
-        bn.running_var.mul_(1 - momentum).add_(x.var(dims, unbiased=False), alpha=momentum)
+        centred = x - bn.running_mean.view(1, -1, *([1] * (x.dim() - 2)))
+        bn.running_var.mul_(1 - momentum).add_(centred.square().mean(dims), alpha=momentum)
 
     model.eval()
     return [m.register_forward_pre_hook(hook) for m in model.modules()

@@ -181,8 +181,17 @@ def export_adaptive(model: nn.Module, momentum: float) -> AdaptiveGraph:
         ins = [f"bn{i}.weight", f"bn{i}.bias"]
         nodes.append(helper.make_node(  # folds the frame's statistics into the running ones (EMA)
             "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean", f"bn{i}.var"],
-            [f"bn{i}.batch_y", f"bn{i}.mean_out", f"bn{i}.var_out"], epsilon=eps, momentum=1.0 - momentum,
+            [f"bn{i}.batch_y", f"bn{i}.mean_out", f"bn{i}.frame_var"], epsilon=eps, momentum=1.0 - momentum,
             training_mode=1, name=f"bn{i}.ema"))
+        # the EMA of each frame's own variance misses how frames differ: take it about the updated mean, as
+        # norm.use_ema_stats does (var += m * (frame mean - mean_out)^2). The frame mean is recomputed, not
+        # taken from the running mean input: ORT updates that buffer in place.
+        nodes += [helper.make_node("ReduceMean", [node.input[0]], [f"bn{i}.frame_mean"], axes=[0, 2, 3],
+                                   keepdims=0),
+                  helper.make_node("Sub", [f"bn{i}.frame_mean", f"bn{i}.mean_out"], [f"bn{i}.shift"]),
+                  helper.make_node("Mul", [f"bn{i}.shift", f"bn{i}.shift"], [f"bn{i}.shift2"]),
+                  helper.make_node("Mul", [f"bn{i}.shift2", "bn_momentum"], [f"bn{i}.spread"]),
+                  helper.make_node("Add", [f"bn{i}.frame_var", f"bn{i}.spread"], [f"bn{i}.var_out"])]
         nodes.append(helper.make_node(  # normalises with the updated statistics
             "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean_out", f"bn{i}.var_out"], list(node.output),
             epsilon=eps, name=f"bn{i}.norm"))
@@ -196,6 +205,7 @@ def export_adaptive(model: nn.Module, momentum: float) -> AdaptiveGraph:
     del graph.initializer[:]
     graph.initializer.extend(kept)
     graph.initializer.append(numpy_helper.from_array(np.repeat(np.asarray(layout.sizes, np.int64), 2), "bn_split"))
+    graph.initializer.append(numpy_helper.from_array(np.float32(momentum), "bn_momentum"))
     graph.input.extend([helper.make_tensor_value_info("bn_state", TensorProto.FLOAT, [layout.length]),
                         helper.make_tensor_value_info("affine", TensorProto.FLOAT, [layout.length])])
     graph.output.append(helper.make_tensor_value_info("bn_state_out", TensorProto.FLOAT, [layout.length]))

@@ -49,7 +49,7 @@ class EdgeLearner(Node):
                                       "must be in [1, 1024]")
         self.max_queue = p.declare("max_queued_batches", 32, "uploads kept while the cloud is unreachable",
                                    lambda v: v >= 1, "must be >= 1")
-        momentum = p.declare("bn_momentum", 0.05, "per-frame EMA of BatchNorm statistics (forward-only adaptation)",
+        momentum = p.declare("bn_momentum", 0.01, "per-frame EMA of BatchNorm statistics (forward-only adaptation)",
                              lambda v: 0 < v <= 1, "must be in (0, 1]")
         key = p.declare("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or "
                         "wrongly signed updates are refused")
