@@ -76,7 +76,7 @@ def test_goals_are_checked_with_their_gaps():
     def r(acc, up=0.0, upb=0, down=0, updates=0):
         return {"accuracy": acc, "upload_ratio": up, "uplink_bytes": upb, "downlink_bytes": down, "updates": updates}
 
-    models = {"edge": {"weights_bytes": 100_000, "macs": 10}, "edge_small": {"macs": 12}}
+    models = {"edge": {"weights_bytes": 100_000, "macs": 10, "budget_macs": 12}, "edge_small": {"macs": 12}}
     run = {"source": r(0.40), "tent": r(0.68), "cloud_only": r(0.75, 1.0), "cema": r(0.70), "cema_all": r(0.70),
            "tent_small": r(0.66), "ecavg": r(0.70, 1.0, 800_000, 800_000, 10),
            "eclm_ros": r(0.72, 0.2, 100_000, 20_000, 20)}
@@ -86,7 +86,7 @@ def test_goals_are_checked_with_their_gaps():
     assert checks["eclm_ros accuracy within 0.05 of cloud_only"]["met"]
     assert checks["eclm_ros downlink per update <= 2 % of the edge weights"]["value"] == 0.01
     assert checks["ecavg traffic / eclm_ros traffic >= 7.12 at >= accuracy"]["value"] == round(1.6e6 / 120_000, 4)
-    assert checks["composed sub-model (tent) > fixed small model (tent_small) at <= its MACs"]["met"]
-    models["edge"]["macs"] = 20  # a bigger sub-model beating a smaller model proves nothing
-    assert not {g["goal"]: g for g in bench.goals(run, models)}[
-        "composed sub-model (tent) > fixed small model (tent_small) at <= its MACs"]["met"]
+    composed = next(g for g in checks.values() if g["goal"].startswith("composed sub-model"))
+    assert composed["met"]
+    models["edge"]["macs"] = 20  # a sub-model over the budget beating one within it proves nothing
+    assert not next(g for g in bench.goals(run, models) if g["goal"].startswith("composed sub-model"))["met"]
