@@ -59,7 +59,7 @@ def test_distil_sends_affine_updates_only(cloud):
 def test_recomposition_sends_only_missing_modules_and_the_edge_rebuilds_it(cloud):
     smallest = spec_cost(cloud, SubModelSpec(tuple((s.module_ids[0],) for s in cloud.stages)))
     profile = Profile(max_macs=smallest[1])  # one module per stage: the choice of module is all that varies
-    strategy = Compose(cloud, quick=True, compose_every=64, min_step_frames=16)
+    strategy = Compose(cloud, quick=True, compose_every=64, min_step_frames=16, compose_margin=0.0)
     runtime, spec = _edge(strategy, profile=profile)
     session = strategy.sessions["robot1"]
     recomposed = None

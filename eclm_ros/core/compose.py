@@ -46,6 +46,12 @@ def compose(cloud: ModularNet, budget: Budget, recent_images: np.ndarray | None)
     return derive_spec(cloud, budget, scores)
 
 
+def spec_score(scores: list[list[float]], cloud: ModularNet, spec: SubModelSpec) -> float:
+    """Mean module score of a composition (how well its modules agree with the full model on recent frames)."""
+    values = [scores[s][cloud.stages[s].module_ids.index(m)] for s, ids in enumerate(spec.stages) for m in ids]
+    return float(np.mean(values))
+
+
 def needs_recompose(current: SubModelSpec, proposed: SubModelSpec) -> bool:
     return current != proposed
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .compose import compose, integrate, modules_update
+from .compose import compose, integrate, modules_update, score_modules, spec_score
 from .distill import DistillConfig, Distiller
 from .merge import average, holdout_accuracy
 from .models import Budget, ModularNet, SubModelSpec, build_submodel, derive_spec, recalibrate_bn
@@ -204,9 +204,10 @@ class Compose(Distil):
     Trainable edges' module updates are integrated into the cloud model with weight ``integrate_weight``."""
 
     def __init__(self, cloud: ModularNet, *args, compose_every: int = 384, integrate_weight: float = 0.5,
-                 **kwargs) -> None:
+                 compose_margin: float = 0.02, **kwargs) -> None:
         super().__init__(cloud, *args, **kwargs)
         self.compose_every, self.integrate_weight = compose_every, integrate_weight
+        self.compose_margin = compose_margin  # a swap costs frames: only for a clearly better composition
 
     def on_samples(self, edge_id: str, images: np.ndarray) -> Update | None:
         update = super().on_samples(edge_id, images)
@@ -217,8 +218,11 @@ class Compose(Distil):
         return update
 
     def _recompose(self, session: EdgeSession) -> Update | None:
-        proposed = compose(session.distiller.teacher, self.budget(session.profile), np.stack(session.recent))
-        if proposed == session.spec:
+        teacher = session.distiller.teacher
+        scores = score_modules(teacher, np.stack(session.recent))
+        proposed = derive_spec(teacher, self.budget(session.profile), scores)
+        gain = spec_score(scores, teacher, proposed) - spec_score(scores, teacher, session.spec)
+        if proposed == session.spec or gain < self.compose_margin:
             return None
         student = build_submodel(self.cloud, proposed)
         student = recalibrate_bn(student, calibration_images(self.quick))
@@ -231,7 +235,8 @@ class Compose(Distil):
         session.spec, session.spec_json = proposed, spec_json(self.cloud, proposed)
         session.served = {k: v.clone() for k, v in student.state_dict().items()}
         return Update(KIND_MODULES, tensors, session.spec_json,
-                      f"recomposed {list(old.stages)} -> {list(proposed.stages)} for the environment")
+                      f"recomposed {list(old.stages)} -> {list(proposed.stages)} for the environment "
+                      f"(module score +{gain:.3f})")
 
     def on_modules(self, edge_id: str, spec_json: str, module_state: dict[str, torch.Tensor],
                    frames: int) -> Update | None:
