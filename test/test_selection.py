@@ -56,3 +56,22 @@ def test_entropy_and_codec_round_trip():
     assert jpeg.shape == imgs.shape
     with pytest.raises(ValueError, match="not a decodable"):
         decode_frames([b"junk"])
+
+
+@pytest.mark.parametrize("per_frame", [False, True])
+def test_a_severe_shift_does_not_silence_the_uploads(per_frame):
+    """Every frame above CEMA's E_max (the edge is lost): the controller raises E_max until the budget is used,
+    and falls back to CEMA's threshold once confident frames return."""
+    rng = np.random.default_rng(0)
+    sel = Selector(10, target_ratio=0.2)
+    lost = _probs(rng, 2000, sharp=0.4)  # entropy ~2.2 nats, far above 0.4 ln 10 = 0.92
+    assert (entropy(lost) > sel.e_max * 1.6).all()
+    for i in range(0, 2000, 10):
+        if per_frame:
+            [sel.select_one(p) for p in lost[i:i + 10]]
+        else:
+            sel.select(lost[i:i + 10])
+    assert sel.upload_ratio >= 0.1 and sel.e_max_boost > 0
+    for _ in range(100):
+        sel.select(_probs(rng, 50, sharp=3.0))
+    assert sel.e_max_boost < 0.2

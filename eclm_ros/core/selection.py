@@ -56,13 +56,29 @@ class Selector:
         self.uploaded = 0
         self.tokens = 0.0
         self.e_min = self.e_min_factor * math.log(self.num_classes)
+        self.e_max_boost = 0.0  # raised by the budget controller when too few frames pass (see _control)
 
     @property
     def e_max(self) -> float:
         base = self.e_max_factor * math.log(self.num_classes)
-        if not self.dynamic or self.seen < self.warmup_frames or self.warmup_entropy <= 0:
-            return base
-        return base * min(max(self.running_entropy / self.warmup_entropy, 0.6), 1.6)
+        if self.dynamic and self.seen >= self.warmup_frames and self.warmup_entropy > 0:
+            base *= min(max(self.running_entropy / self.warmup_entropy, 0.6), 1.6)
+        return min(base + self.e_max_boost, math.log(self.num_classes))
+
+    def _control(self, passed: float) -> None:
+        """Meet the budget by moving the thresholds. Too many frames qualify: first take back any E_max boost,
+        then raise E_min (drop the least informative). Too few: first lower E_min, then raise E_max above
+        CEMA's threshold. Under a severe shift every frame can look unreliable to the edge; the cloud, which
+        weights frames by its own confidence, must still hear from it."""
+        step = self.controller_gain * (passed - self.target_ratio) * math.log(self.num_classes)
+        if step > 0:
+            spent = min(step, self.e_max_boost)
+            self.e_max_boost -= spent
+            self.e_min = min(self.e_min + step - spent, self.e_max * 0.9)
+        else:
+            spent = min(-step, self.e_min)
+            self.e_min -= spent
+            self.e_max_boost = min(self.e_max_boost - step - spent, math.log(self.num_classes))
 
     def select(self, probs: np.ndarray, max_frames: float | None = None) -> np.ndarray:
         """Boolean mask of the batch's frames to upload. ``max_frames`` caps this batch (bytes/s budgets)."""
@@ -84,6 +100,7 @@ class Selector:
             cos = probs @ self.mean_probs / (np.linalg.norm(probs, axis=1) * np.linalg.norm(self.mean_probs) + 1e-12)
             mask &= np.abs(cos) < self.redundancy_eps
         if self.target_ratio > 0:
+            self._control(float(mask.sum() / n))  # thresholds follow what qualifies; the bucket caps what leaves
             # token bucket: a frame may leave when a token is there; tokens accrue at the target ratio
             self.tokens = min(self.tokens + self.target_ratio * n, max(4.0, self.target_ratio * n * 2))
             allowed = int(self.tokens)
@@ -93,9 +110,6 @@ class Selector:
                 mask = np.zeros(n, bool)
                 mask[keep] = True
             self.tokens -= mask.sum()
-            passed = mask.sum() / n
-            self.e_min = float(np.clip(self.e_min + self.controller_gain * (passed - self.target_ratio)
-                                       * math.log(self.num_classes), 0.0, self.e_max * 0.9))
         if max_frames is not None and mask.sum() > max_frames:
             keep = np.flatnonzero(mask)[np.argsort(-ent[mask], kind="stable")[:int(max_frames)]]
             mask = np.zeros(n, bool)
@@ -127,11 +141,10 @@ class Selector:
             norms = math.sqrt(sum(a * a for a in p)) * math.sqrt(sum(b * b for b in mean))
             keep = abs(dot / (norms + 1e-12)) < self.redundancy_eps
         if self.target_ratio > 0:
+            self._control(float(keep))
             self.tokens = min(self.tokens + self.target_ratio, max(4.0, self.target_ratio * 2))
             keep = keep and self.tokens >= 1.0
             self.tokens -= keep
-            self.e_min = min(max(self.e_min + self.controller_gain * (keep - self.target_ratio)
-                                 * math.log(self.num_classes), 0.0), self.e_max * 0.9)
         if keep:
             frame = np.asarray(p)
             self.mean_probs = frame if self.mean_probs is None else self.ema * self.mean_probs + (1 - self.ema) * frame
