@@ -172,3 +172,13 @@ def test_local_adapter_learns_affine_only_and_its_modules_integrate(cloud, quick
     with pytest.raises(ValueError, match="no longer serves"):
         strategy.on_modules("robot1", "{}", modules, 24)
     assert strategy.on_samples("robot1", _frames("fog", 64)) is None  # no distilled affine over local learning
+
+
+def test_the_edge_heartbeat_does_not_undo_a_reassembly(cloud):
+    strategy = make_strategy("eclm_ros", cloud, quick=True)
+    strategy.register("robot1", Profile())
+    whole = Profile(max_macs=spec_cost(cloud, cloud.spec)[1])
+    strategy.reassemble("robot1", whole, "operator")
+    again = strategy.register("robot1", Profile())  # the edge's heartbeat still carries its own profile
+    assert again.reason == "resync" and strategy.sessions["robot1"].spec == cloud.spec
+    assert strategy.register("robot1", Profile(max_params=10**9)).reason == "registered"  # a real change

@@ -37,7 +37,7 @@ class CoordinatorState:
             raise ValueError("edge_id must not be empty")
         with self.lock:
             session = self.strategy.sessions.get(edge_id)
-            if session is not None and session.profile == profile and self.versions.get(edge_id) == current_version:
+            if session is not None and session.registered == profile and self.versions.get(edge_id) == current_version:
                 return None
             update = self.strategy.register(edge_id, profile)
             self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(current_version))

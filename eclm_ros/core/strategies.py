@@ -64,7 +64,7 @@ def spec_json(cloud: ModularNet, spec: SubModelSpec) -> str:
 class EdgeSession:
     """Everything the cloud keeps for one edge."""
 
-    profile: Profile
+    profile: Profile  # the budget the sub-model was derived for (an operator's re-assembly may change it)
     spec: SubModelSpec
     spec_json: str
     distiller: Distiller
@@ -73,6 +73,7 @@ class EdgeSession:
     holdout: deque = field(default_factory=lambda: deque(maxlen=256))  # uploads never trained on
     frames: int = 0
     since_compose: int = 0
+    registered: Profile | None = None  # what the edge itself reports when it registers (its heartbeat)
 
     def current_full(self) -> dict[str, torch.Tensor]:
         """What the edge should serve now: the state it was given with the learned affine parameters."""
@@ -138,10 +139,11 @@ class Distil(Strategy):
         """A new edge gets the sub-model its budget affords; a returning one (same profile) resyncs to what
         the cloud has learned for it so far."""
         session = self.sessions.get(edge_id)
-        if session is not None and session.profile == profile:
+        if session is not None and session.registered == profile:  # re-assembled or not, the same edge
             return Update(KIND_FULL, session.current_full(), session.spec_json, "resync")
         spec = derive_spec(self.cloud, self.budget(profile))  # BudgetError when nothing fits
         self.sessions[edge_id] = session = self._new_session(profile, spec)
+        session.registered = profile
         return Update(KIND_FULL, session.current_full(), session.spec_json, "registered")
 
     def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
@@ -151,6 +153,7 @@ class Distil(Strategy):
         if profile == session.profile and spec == session.spec:
             return Update(KIND_FULL, session.current_full(), session.spec_json, f"{reason}: unchanged")
         self.sessions[edge_id] = new = self._new_session(profile, spec)
+        new.registered = session.registered
         new.distiller.replay = session.distiller.replay
         new.recent, new.holdout = session.recent, session.holdout
         return Update(KIND_FULL, new.current_full(), new.spec_json, f"{reason}: reassembled")
@@ -182,7 +185,8 @@ class Distil(Strategy):
         return Update(KIND_NORM_AFFINE, state, session.spec_json)
 
     def state_dict(self) -> dict:
-        return {edge: {"profile": s.profile.__dict__, "spec": [list(x) for x in s.spec.stages], "served": s.served,
+        return {edge: {"profile": s.profile.__dict__, "registered": (s.registered or s.profile).__dict__,
+                       "spec": [list(x) for x in s.spec.stages], "served": s.served,
                        "teacher": s.distiller.teacher.state_dict(), "student": s.distiller.student.state_dict(),
                        "frames": s.frames}
                 for edge, s in self.sessions.items()}
@@ -191,6 +195,7 @@ class Distil(Strategy):
         for edge, s in state.items():
             spec = SubModelSpec(tuple(tuple(x) for x in s["spec"]))
             session = self._new_session(Profile(**s["profile"]), spec)
+            session.registered = Profile(**s["registered"])
             session.served = s["served"]
             session.distiller.teacher.load_state_dict(s["teacher"])
             session.distiller.student.load_state_dict(s["student"])
