@@ -6,9 +6,11 @@ pass then rewires every BatchNorm layer:
 - its running mean/var come from one input vector ``bn_state`` and its affine weight/bias from one input vector
   ``affine`` (one Split each), so an affine update is a copy into a buffer the session reads, never a rebuild;
 - a training-mode BatchNormalization folds the frame's per-channel mean and (biased) variance into the running
-  statistics (EMA with the runtime's momentum), an inference-mode one normalises with the updated statistics;
+  statistics (EMA with the runtime's momentum), four elementwise ops on [C] vectors (and the frame's mean)
+  turn that variance into the variance about the updated mean (``norm.use_ema_stats``), an inference-mode
+  BatchNormalization normalises with the updated statistics;
 - the updated statistics leave as one output ``bn_state_out`` (fed back as the next frame's ``bn_state``).
-Two ops per BatchNorm layer: on a small CPU the per-op overhead costs as much as the convolutions.
+Few, fused ops per BatchNorm layer: on a small CPU the per-op overhead costs as much as the convolutions.
 
 Conv and Linear weights stay initializers (constants ORT pre-packs and lays out for its NCHWc kernels), keyed
 by their state-dict names, so a model of the same structure with other weights is a patch of the template
