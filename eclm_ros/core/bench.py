@@ -93,9 +93,19 @@ class TorchMethod:
         return self.forward(batch_to_tensor(images)).argmax(1).numpy()
 
 
+def _source(name: str, model: nn.Module) -> Method:
+    model = source.configure_model(model)
+    return TorchMethod(name, model, lambda x: source.forward(x, model))
+
+
+def _tent(name: str, model: nn.Module) -> Method:
+    model = tent.configure_model(model)
+    opt = tent.make_optimizer(tent.collect_params(model))
+    return TorchMethod(name, model, lambda x: tent.forward_and_adapt(x, model, opt))
+
+
 def make_source(ctx: BenchContext) -> Method:
-    model = source.configure_model(ctx.edge_model())
-    return TorchMethod("source", model, lambda x: source.forward(x, model))
+    return _source("source", ctx.edge_model())
 
 
 def make_bn(ctx: BenchContext) -> Method:
@@ -104,9 +114,7 @@ def make_bn(ctx: BenchContext) -> Method:
 
 
 def make_tent(ctx: BenchContext) -> Method:
-    model = tent.configure_model(ctx.edge_model())
-    opt = tent.make_optimizer(tent.collect_params(model))
-    return TorchMethod("tent", model, lambda x: tent.forward_and_adapt(x, model, opt))
+    return _tent("tent", ctx.edge_model())
 
 
 def make_eata(ctx: BenchContext) -> Method:
@@ -119,15 +127,12 @@ def make_eata(ctx: BenchContext) -> Method:
 
 
 def make_source_small(ctx: BenchContext) -> Method:
-    model = source.configure_model(ctx.edge_small())
-    return TorchMethod("source_small", model, lambda x: source.forward(x, model))
+    return _source("source_small", ctx.edge_small())
 
 
 def make_tent_small(ctx: BenchContext) -> Method:
     """Tent on the fixed small model trained alone: what the composed sub-model must beat at equal compute."""
-    model = tent.configure_model(ctx.edge_small())
-    opt = tent.make_optimizer(tent.collect_params(model))
-    return TorchMethod("tent_small", model, lambda x: tent.forward_and_adapt(x, model, opt))
+    return _tent("tent_small", ctx.edge_small())
 
 
 METHODS: dict[str, Callable[[BenchContext], Method]] = {

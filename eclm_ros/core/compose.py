@@ -14,7 +14,7 @@ from typing import Mapping
 import numpy as np
 import torch
 from .models import (Budget, ModularNet, SpecError, SubModelSpec, derive_spec, load_module_state,
-                     module_key, submodel_module_state)
+                     module_key, submodel_module_state, with_shared_parts)
 from .norm import affine_state, load_affine, use_batch_stats
 from .preprocess import batch_to_tensor
 
@@ -114,12 +114,7 @@ def assemble(current: ModularNet, spec: SubModelSpec, update: Mapping[str, torch
     affine = {k[len(AFFINE_PREFIX):]: v for k, v in update.items() if k.startswith(AFFINE_PREFIX)}
     if len(modules) + len(affine) != len(update):
         raise SpecError(f"a modules update holds only {MODULE_PREFIX}* and {AFFINE_PREFIX}* tensors")
-    new = ModularNet(current.widths, current.modules_per_stage, [list(s) for s in spec.stages],
-                     num_classes=current.head.out_features)
-    new.stem.load_state_dict(current.stem.state_dict())
-    new.head.load_state_dict(current.head.state_dict())
-    for new_stage, old_stage in zip(new.stages, current.stages):
-        new_stage.transition.load_state_dict(old_stage.transition.state_dict())
+    new = with_shared_parts(current, spec)
     needed = set(submodel_module_state(new))
     state = {k: v for k, v in submodel_module_state(current).items() if k in needed}
     state.update({k: torch.as_tensor(v) for k, v in modules.items()})

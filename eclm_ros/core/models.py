@@ -186,15 +186,23 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> 
     return total
 
 
+def with_shared_parts(model: ModularNet, spec: SubModelSpec) -> ModularNet:
+    """A model of structure ``spec`` whose stem, transitions and head (the parts every composition shares) are
+    copied from ``model``; its modules are still to be filled."""
+    new = ModularNet(model.widths, model.modules_per_stage, [list(s) for s in spec.stages],
+                     num_classes=model.head.out_features)
+    new.stem.load_state_dict(model.stem.state_dict())
+    new.head.load_state_dict(model.head.state_dict())
+    for new_stage, old_stage in zip(new.stages, model.stages):
+        new_stage.transition.load_state_dict(old_stage.transition.state_dict())
+    return new
+
+
 def build_submodel(cloud: ModularNet, spec: SubModelSpec) -> ModularNet:
     """A standalone copy of ``cloud`` holding only ``spec``'s modules, weights copied."""
     check_spec(cloud, spec)
-    sub = ModularNet(cloud.widths, cloud.modules_per_stage, [list(s) for s in spec.stages],
-                     num_classes=cloud.head.out_features)
-    sub.stem.load_state_dict(cloud.stem.state_dict())
-    sub.head.load_state_dict(cloud.head.state_dict())
+    sub = with_shared_parts(cloud, spec)
     for sub_stage, cloud_stage in zip(sub.stages, cloud.stages):
-        sub_stage.transition.load_state_dict(cloud_stage.transition.state_dict())
         for block, mid in zip(sub_stage.blocks, sub_stage.module_ids):
             block.load_state_dict(cloud_stage.blocks[cloud_stage.module_ids.index(mid)].state_dict())
     return sub.eval()
