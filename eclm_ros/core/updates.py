@@ -82,9 +82,12 @@ def model_from_spec(spec_json: str):
 
 
 def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: Bundle,
-                 max_bytes: int = 64 * 1024 * 1024) -> None:
+                 max_bytes: int = 64 * 1024 * 1024, swap=None):
     """Decode an admitted update and apply it to the runtime, all or nothing (the edge node and the benchmark
-    both apply updates here). ``serving_spec`` is the structure the runtime serves now."""
+    both apply updates here). ``serving_spec`` is the structure the runtime serves now. A new structure or new
+    weights go through ``swap`` (default ``runtime.swap``; the node passes ``runtime.swap_async`` and gets a
+    Future back, so frames keep being served while the new model is built)."""
+    swap = swap or runtime.swap
     from .compose import assemble
     from .models import SubModelSpec
 
@@ -94,13 +97,14 @@ def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: 
         runtime.apply_affine(unpack(bundle, max_bytes=max_bytes, templates=runtime.affine_templates()))
     elif kind == KIND_FULL:
         model = model_from_spec(spec_json)
-        runtime.swap(model, unpack(bundle, max_bytes=max_bytes,
-                                   templates={k: tuple(v.shape) for k, v in model.state_dict().items()}))
+        return swap(model, unpack(bundle, max_bytes=max_bytes,
+                                  templates={k: tuple(v.shape) for k, v in model.state_dict().items()}))
     elif kind == KIND_MODULES:
         import torch
 
         spec = SubModelSpec(tuple(tuple(m) for m in model_from_spec(spec_json).config()["module_ids"]))
         tensors = {k: torch.from_numpy(v) for k, v in unpack(bundle, max_bytes=max_bytes).items()}
-        runtime.swap(assemble(runtime.model, spec, tensors))
+        return swap(assemble(runtime.model, spec, tensors))
     else:
         raise UpdateRejected(f"unknown update kind {kind}")
+    return None

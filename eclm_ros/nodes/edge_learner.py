@@ -91,6 +91,8 @@ class EdgeLearner(Node):
         self.adapt_queue: queue.Queue = queue.Queue(maxsize=4 * local_batch)
         self.adapt_lock = threading.Lock()
         self.adapted = 0
+        self.swapping = None  # (future, update) of a model being built off the inference path
+        self.parked: deque[ModelUpdate] = deque(maxlen=16)
         self.version = 0
         self.spec = json.dumps({"module_ids": [list(s) for s in self.runtime.model.spec.stages]})
         self.selector = Selector(10, target_ratio=self.upload_ratio)
@@ -120,6 +122,7 @@ class EdgeLearner(Node):
         self.register_client = self.create_client(RegisterEdge, f"{cloud}/register_edge")
         self.diagnostics = Diagnostics(self, "edge learner")
         self.create_timer(1.0, self.on_status)
+        self.create_timer(0.05, self.finish_swap)  # also when no frames come
         self.stopping = False
         self.adapt_thread = threading.Thread(target=self.adapt_loop, name="eclm-adapt", daemon=True) \
             if self.adapter is not None else None
@@ -130,6 +133,8 @@ class EdgeLearner(Node):
 
     def on_image(self, msg: Image) -> None:
         t0 = time.perf_counter()
+        if self.swapping is not None:
+            self.finish_swap()
         try:
             gray = to_gray(image_to_numpy(msg), "bgr" if msg.encoding == "bgr8" else "rgb")
             # the model's own view of the frame (to_model_input's resize); it is also what an upload carries
@@ -201,6 +206,9 @@ class EdgeLearner(Node):
             upload_budget_bps(est)
 
     def on_update(self, msg: ModelUpdate) -> None:
+        if self.swapping is not None:  # a new model is being built: its successors wait for it
+            self.parked.append(msg)
+            return
         header = UpdateHeader(msg.target_edge, msg.update_id, msg.version, msg.base_version, msg.kind,
                               msg.submodel_spec, msg.signature_scheme, msg.key_id, bytes(msg.signature))
         if msg.target_edge not in (self.edge_id, "*"):  # another robot's update: counted, not an error
@@ -220,12 +228,38 @@ class EdgeLearner(Node):
             bundle = msg_to_bundle(msg.bundle, payload)
             check_update(header, bundle, edge_id=self.edge_id, current_version=self.version,
                          public_key=self.public_key, max_bytes=self.max_update_bytes)
-            apply_update(self.runtime, msg.kind, msg.submodel_spec, self.spec, bundle, self.max_update_bytes)
+            swap = apply_update(self.runtime, msg.kind, msg.submodel_spec, self.spec, bundle, self.max_update_bytes,
+                                swap=self.runtime.swap_async)
         except (UpdateRejected, UpdateError, CodecError, SignatureError, ValueError, TypeError, KeyError) as exc:
-            self.counters["rejected_updates"] += 1
-            self.last_reject = f"update v{msg.version}: {exc}"
-            self.get_logger().warning(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
+            self.reject(msg, exc)
             return
+        if swap is not None:  # served from the first frame after the new model is ready (finish_swap)
+            self.swapping = (swap, msg)
+            return
+        self.applied(msg)
+
+    def reject(self, msg: ModelUpdate, exc: Exception) -> None:
+        self.counters["rejected_updates"] += 1
+        self.last_reject = f"update v{msg.version}: {exc}"
+        self.get_logger().warning(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
+
+    def finish_swap(self) -> None:
+        """Between two frames: once the new model is built, it serves and its version counts; the updates
+        that arrived meanwhile are taken in order."""
+        if self.swapping is None or not self.swapping[0].done():
+            return
+        future, msg = self.swapping
+        self.swapping = None
+        try:
+            future.result()
+        except UpdateError as exc:  # the old model is still serving
+            self.reject(msg, exc)
+        else:
+            self.applied(msg)
+        while self.parked and self.swapping is None:
+            self.on_update(self.parked.popleft())
+
+    def applied(self, msg: ModelUpdate) -> None:
         self.version = msg.version
         self.spec = msg.submodel_spec
         self.counters["applied"] += 1
