@@ -33,6 +33,7 @@ class BandwidthMonitor(Node):
         self.estimator = LinkEstimator(window)
         self.client = self.create_client(BandwidthProbe, f"{cloud}/bandwidth_probe")
         self.pub = self.create_publisher(BandwidthEstimate, "bandwidth", RELIABLE_QOS)
+        self.cloud_pub = self.create_publisher(BandwidthEstimate, f"{cloud}/link_estimates", RELIABLE_QOS)
         self.create_subscription(SampleBatch, f"{cloud}/samples", self.on_samples, RELIABLE_QOS)
         self.create_subscription(ModelUpdate, f"{cloud}/model_updates", self.on_update, UPDATE_QOS)
         self.diagnostics = Diagnostics(self, "link")
@@ -88,6 +89,7 @@ class BandwidthMonitor(Node):
                                 upload_budget_bps=upload_budget_bps(est, self.share))
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub.publish(msg)
+        self.cloud_pub.publish(msg)  # the cloud sizes its updates to this edge's downlink
         if elapsed > 10:
             self.bytes_up = self.bytes_down = 0
             self.window_start = now

@@ -16,13 +16,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
 
+from eclm_ros.core.bandwidth import link_encoding
 from eclm_ros.core.chunking import split
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
 from eclm_ros.core.strategies import STRATEGIES, Update
 from eclm_ros.core.tensor_codec import CodecError, pack, unpack
 from eclm_ros.core.updates import UpdateHeader, signature_for
-from eclm_ros.msg import EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
+from eclm_ros.msg import BandwidthEstimate, EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
 from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, msg_to_bundle,
                             profile_from_msg, run_node)
 from eclm_ros.srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
@@ -49,6 +50,10 @@ class CloudCoordinator(Node):
         strategy = p.declare("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module "
                              "integration) or eclm_ros (+ECAvg merge rounds across edges)",
                              lambda v: v in STRATEGIES, f"one of {', '.join(STRATEGIES)}", read_only=True)
+        self.update_deadline = p.declare("update_deadline_s", 1.0, "an update must reach its edge within this "
+                                         "time on the measured downlink; a smaller encoding is used when it would "
+                                         "not", lambda v: v > 0, "must be > 0")
+        self.encodings = {"raw": 0, "fp16": 0, "int8": 0}
         merge_period = p.declare("merge_period_s", 30.0, "seconds between merge rounds across edges",
                                  lambda v: v > 0, "must be > 0")
         self.state = CoordinatorState(quick=quick, cache_dir=cache or None, state_dir=state_dir or None,
@@ -64,6 +69,9 @@ class CloudCoordinator(Node):
         self.create_subscription(EdgeStatus, "edge_status", self.on_status, RELIABLE_QOS, callback_group=group)
         self.create_subscription(LearnedModules, "learned_modules", self.on_modules, RELIABLE_QOS,
                                  callback_group=group)
+        self.create_subscription(BandwidthEstimate, "link_estimates", self.on_link, RELIABLE_QOS,
+                                 callback_group=group)
+        self.downlinks: dict[str, float] = {}  # edge -> measured downlink bit/s (bandwidth monitors)
         self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
         self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
         self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
@@ -80,6 +88,9 @@ class CloudCoordinator(Node):
     def publish_update(self, edge_id: str, update: Update, encoding: str = "raw") -> int:
         version = self.state.versions.get(edge_id, 0)
         new_version = version + 1
+        payload = sum(int(t.numel()) * t.element_size() for t in update.tensors.values())
+        encoding = link_encoding(encoding, payload, self.downlinks.get(edge_id, 0.0), self.update_deadline)
+        self.encodings[encoding] += 1
         bundle = pack(update.tensors, encoding=encoding)
         header = UpdateHeader(edge_id, uuid.uuid4().hex, new_version, 0 if update.kind == 2 else version,
                               update.kind, update.submodel_spec)
@@ -219,6 +230,9 @@ class CloudCoordinator(Node):
         for edge_id, update in updates.items():
             self._send(edge_id, update)
 
+    def on_link(self, msg: BandwidthEstimate) -> None:
+        self.downlinks[msg.edge_id] = msg.downlink_bps if msg.link_up else 0.0
+
     def on_status(self, msg: EdgeStatus) -> None:
         self.state.last_status[msg.edge_id] = {"version": msg.model_version, "fps": msg.fps,
                                                "upload_ratio": msg.upload_ratio}
@@ -231,7 +245,7 @@ class CloudCoordinator(Node):
 
     def on_diagnostics(self) -> None:
         self.diagnostics.publish(DiagnosticStatus.OK, f"{len(self.state.versions)} edges", {
-            **self.counters, "queue": self.work.qsize(), "last_reject": self.last_reject,
+            **self.counters, **{f"updates_{k}": v for k, v in self.encodings.items()}, "queue": self.work.qsize(), "last_reject": self.last_reject,
             **{f"version/{e}": v for e, v in self.state.versions.items()}})
 
     def close(self) -> None:
