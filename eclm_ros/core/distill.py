@@ -53,13 +53,6 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return len(self.frames)
 
-    def retarget(self, student: nn.Module) -> None:
-        """Teach a new student structure (a re-composed sub-model); the teacher, what it learned and the
-        replay buffer carry over."""
-        self.student = configure_model(student)
-        self.opt_student = torch.optim.SGD(collect_params(self.student), lr=self.cfg.student_lr,
-                                           momentum=self.cfg.momentum)
-
     def add(self, images: np.ndarray) -> None:
         self.frames.extend(images)
 
