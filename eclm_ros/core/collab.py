@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .adapt import tent
-from .compose import compose, integrate, module_weights, new_modules
+from .compose import compose, integrate, keep_shared_affine, module_weights, new_modules
 from .distill import Distiller
 from .edge_runtime import TorchEdgeRuntime
 from .merge import average, finetune
@@ -198,10 +198,8 @@ class Eclm:
         if not missing:
             return
         self.link.download(module_weights(self.cloud, missing), encoding="fp16")
-        kept_affine = affine_state(self.edge)
         edge = tent.configure_model(build_submodel(self.cloud, proposed))
-        shared = {k: v for k, v in kept_affine.items() if k.startswith(("stem.", "head.")) or ".transition." in k}
-        load_affine(edge, {**affine_state(edge), **shared})
+        keep_shared_affine(edge, affine_state(self.edge))
         self.edge, self.opt = edge, tent.make_optimizer(tent.collect_params(edge))
 
 

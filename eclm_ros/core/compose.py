@@ -91,6 +91,13 @@ def module_weights(model: ModularNet, modules: list[tuple[int, int]]) -> dict[st
     return out
 
 
+def keep_shared_affine(target: ModularNet, learned: Mapping[str, torch.Tensor]) -> None:
+    """A re-composed sub-model keeps what the edge learned in the parts every composition shares (stem,
+    transitions, head); its modules keep their own affine parameters."""
+    shared = {k: v for k, v in learned.items() if k.startswith(("stem.", "head.")) or ".transition." in k}
+    load_affine(target, {**affine_state(target), **shared})
+
+
 MODULE_PREFIX, AFFINE_PREFIX = "module/", "affine/"
 
 

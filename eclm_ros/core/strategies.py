@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .compose import compose, integrate, modules_update, score_modules, spec_score
+from .compose import compose, integrate, keep_shared_affine, modules_update, score_modules, spec_score
 from .distill import DistillConfig, Distiller
 from .merge import average, holdout_accuracy
-from .models import Budget, ModularNet, SubModelSpec, build_submodel, derive_spec, recalibrate_bn
+from .models import Budget, ModularNet, SubModelSpec, derive_spec
 from .norm import affine_state, load_affine, use_batch_stats
 from .preprocess import batch_to_tensor
-from .training import calibration_images, edge_budget
+from .training import edge_budget, edge_submodel
 from .updates import KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE
 
 NUM_CLASSES = 10
@@ -126,11 +126,8 @@ class Distil(Strategy):
             return Budget(profile.max_params, profile.max_macs, profile.max_latency_ms)
         return edge_budget(self.cloud)
 
-    def _student(self, spec: SubModelSpec) -> ModularNet:
-        return recalibrate_bn(build_submodel(self.cloud, spec), calibration_images(self.quick))
-
     def _new_session(self, profile: Profile, spec: SubModelSpec) -> EdgeSession:
-        student = self._student(spec)
+        student = edge_submodel(self.cloud, spec, self.quick)
         served = {k: v.clone() for k, v in student.state_dict().items()}
         distiller = Distiller(copy.deepcopy(self.cloud), student, NUM_CLASSES, self.config, seed=self.seed)
         return EdgeSession(profile, spec, spec_json(self.cloud, spec), distiller, served)
@@ -229,11 +226,8 @@ class Compose(Distil):
         gain = spec_score(scores, teacher, proposed) - spec_score(scores, teacher, session.spec)
         if proposed == session.spec or gain < self.compose_margin:
             return None
-        student = build_submodel(self.cloud, proposed)
-        student = recalibrate_bn(student, calibration_images(self.quick))
-        learned = affine_state(session.distiller.student)  # shared parts keep what the edge learned
-        load_affine(student, {**affine_state(student), **{k: v for k, v in learned.items()
-                                                           if k.startswith(("stem.", "head.")) or ".transition." in k}})
+        student = edge_submodel(self.cloud, proposed, self.quick)
+        keep_shared_affine(student, affine_state(session.distiller.student))
         tensors = modules_update(student, session.spec)
         old = session.spec
         session.distiller.retarget(student)
