@@ -29,11 +29,17 @@ def to_gray(img: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
     raise ImageFormatError(f"expected HxW or HxWx3, got shape {img.shape}")
 
 
-def to_model_input(img: np.ndarray, channel_order: str = "rgb", out: np.ndarray | None = None) -> np.ndarray:
-    """Any-size uint8 frame -> float32 [1,28,28], normalised. ``out`` reuses a buffer on the hot path."""
+def to_model_view(img: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """Any-size uint8 frame -> the uint8 grey SIZE x SIZE image the model sees (and an edge uploads)."""
     gray = to_gray(img, channel_order)
     if gray.shape != (SIZE, SIZE):
         gray = cv2.resize(gray, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+    return gray
+
+
+def to_model_input(img: np.ndarray, channel_order: str = "rgb", out: np.ndarray | None = None) -> np.ndarray:
+    """Any-size uint8 frame -> float32 [1,28,28], normalised. ``out`` reuses a buffer on the hot path."""
+    gray = to_model_view(img, channel_order)
     if out is None:
         out = np.empty((1, SIZE, SIZE), dtype=np.float32)
     np.multiply(gray, np.float32(1.0 / (255.0 * STD)), out=out[0], casting="unsafe")

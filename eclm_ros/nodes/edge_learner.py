@@ -10,7 +10,6 @@ import threading
 import time
 from collections import deque
 
-import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.node import Node
@@ -19,9 +18,9 @@ from sensor_msgs.msg import Image
 from eclm_ros.core.bandwidth import LinkEstimate, upload_budget_bps
 from eclm_ros.core.chunking import Reassembler
 from eclm_ros.core.data import FASHION_MNIST_CLASSES
-from eclm_ros.core.local_adapt import LocalAdapter
 from eclm_ros.core.edge_runtime import UpdateError, make_runtime
-from eclm_ros.core.preprocess import SIZE, ImageFormatError, to_gray, to_model_input
+from eclm_ros.core.local_adapt import LocalAdapter
+from eclm_ros.core.preprocess import ImageFormatError, to_model_input, to_model_view
 from eclm_ros.core.selection import Selector, encode_frames, entropy_one
 from eclm_ros.core.signing import SignatureError, load_public_key
 from eclm_ros.core.tensor_codec import CodecError, pack
@@ -136,11 +135,8 @@ class EdgeLearner(Node):
         if self.swapping is not None:
             self.finish_swap()
         try:
-            gray = to_gray(image_to_numpy(msg), "bgr" if msg.encoding == "bgr8" else "rgb")
-            # the model's own view of the frame (to_model_input's resize); it is also what an upload carries
-            small = gray if gray.shape == (SIZE, SIZE) else cv2.resize(gray, (SIZE, SIZE),
-                                                                      interpolation=cv2.INTER_AREA)
-            to_model_input(small, out=self.input[0])
+            small = to_model_view(image_to_numpy(msg), "bgr" if msg.encoding == "bgr8" else "rgb")
+            to_model_input(small, out=self.input[0])  # the model's view is also what an upload carries
         except (ImageError, ImageFormatError) as exc:
             self.counters["rejected_images"] += 1
             self.last_reject = f"image: {exc}"
