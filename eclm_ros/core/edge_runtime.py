@@ -12,7 +12,6 @@ Two runtimes with one interface (the edge node picks one by a parameter):
 """
 from __future__ import annotations
 
-import copy
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -96,14 +95,13 @@ class TorchEdgeRuntime(_Swapper):
         return {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
 
     def apply_affine(self, tensors: Mapping[str, np.ndarray]) -> None:
-        """Replace the normalisation affine parameters (CEMA's update), all or nothing."""
-        staged = copy.deepcopy(self.model)
-        try:
-            load_affine(staged, tensors)
-        except ValueError as exc:
-            raise UpdateError(str(exc)) from exc
+        """Replace the normalisation affine parameters (CEMA's update), all or nothing: ``load_affine`` checks
+        every tensor before it changes one."""
         with self._lock:
-            load_affine(self.model, tensors)
+            try:
+                load_affine(self.model, tensors)
+            except ValueError as exc:
+                raise UpdateError(str(exc)) from exc
 
     def _swap_now(self, model: nn.Module) -> None:
         with self._lock:
