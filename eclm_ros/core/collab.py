@@ -239,7 +239,6 @@ class EclmRos:
                     frames = self.link.upload(np.stack(self.pending))
                     self.pending = []
                     self._apply(self.strategy.on_samples(self.name, frames), self.encoding)
-        self.traffic.uploaded_frames = self.selector.uploaded
         return preds
 
 
