@@ -1,6 +1,7 @@
 """Chunked payloads: split at a limit, reassembled whatever the order, duplicates and losses, within bounded
 memory; a tensor bundle survives the trip and its digest still guards the whole."""
 import json
+import time
 
 import numpy as np
 import pytest
@@ -16,6 +17,16 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
+
+
+def _serving(images, preds: list, rng: np.random.Generator, pause: float = 0.0) -> int:
+    """Feed the edge one noise frame; the model version of its latest prediction (-1: none yet)."""
+    from sensor_msgs.msg import Image
+
+    images.publish(Image(height=28, width=28, encoding="mono8", step=28,
+                         data=rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+    time.sleep(pause)
+    return preds[-1].model_version if preds else -1
 
 def test_split_respects_the_limit_and_joins_back(rng):
     payload = rng.bytes(10_001)
@@ -121,7 +132,6 @@ def test_a_bundle_survives_chunking_and_its_digest_guards_the_whole(rng):
 def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick_cache, tmp_path):
     """The real edge_learner process: chunks out of order and duplicated still make one update; an update
     missing a chunk is given up after chunk_timeout_s and reported, and serving goes on."""
-    import time
     import uuid
 
     import yaml
@@ -152,10 +162,7 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
         rng = np.random.default_rng(1)
 
         def serving() -> int:
-            images.publish(Image(height=28, width=28, encoding="mono8", step=28,
-                                 data=rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
-            time.sleep(0.05)
-            return preds[-1].model_version if preds else -1
+            return _serving(images, preds, rng, pause=0.05)
 
         wait_for(lambda: serving() == 0, 90, "predictions from the initial model")
         model = load_edge_model(quick=True, cache_dir=quick_cache)
@@ -218,9 +225,7 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
         rng = np.random.default_rng(2)
 
         def serving() -> int:
-            images.publish(Image(height=28, width=28, encoding="mono8", step=28,
-                                 data=rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
-            return preds[-1].model_version if preds else -1
+            return _serving(images, preds, rng)
 
         wait_for(lambda: serving() >= 1, 120, "the edge serving the cloud's first (chunked) update")
     finally:

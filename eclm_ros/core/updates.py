@@ -6,9 +6,8 @@ cloud's public key, carries a valid signature over every field that decides what
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import json
+from dataclasses import dataclass
 
 from .signing import SCHEME, SignatureError, key_id, sign, verify
 from .tensor_codec import Bundle, digest, signing_bytes, unpack
@@ -87,10 +86,10 @@ def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: 
     both apply updates here). ``serving_spec`` is the structure the runtime serves now. A new structure or new
     weights go through ``swap`` (default ``runtime.swap``; the node passes ``runtime.swap_async`` and gets a
     Future back, so frames keep being served while the new model is built)."""
-    swap = swap or runtime.swap
     from .compose import assemble
     from .models import SubModelSpec
 
+    swap = swap or runtime.swap
     if kind == KIND_NORM_AFFINE:
         if spec_json != serving_spec:
             raise UpdateRejected("affine update for another sub-model structure")

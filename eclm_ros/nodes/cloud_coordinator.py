@@ -245,7 +245,8 @@ class CloudCoordinator(Node):
 
     def on_diagnostics(self) -> None:
         self.diagnostics.publish(DiagnosticStatus.OK, f"{len(self.state.versions)} edges", {
-            **self.counters, **{f"updates_{k}": v for k, v in self.encodings.items()}, "queue": self.work.qsize(), "last_reject": self.last_reject,
+            **self.counters, **{f"updates_{k}": v for k, v in self.encodings.items()}, "queue": self.work.qsize(),
+            "last_reject": self.last_reject,
             **{f"version/{e}": v for e, v in self.state.versions.items()}})
 
     def close(self) -> None:
