@@ -216,9 +216,7 @@ class EdgeLearner(Node):
             if msg.chunk_count != 1:  # reassembled first; the digest then checks the whole payload
                 payload = self.chunks.add(msg.update_id, msg.chunk_index, msg.chunk_count, msg.bundle.payload)
                 for update_id, reason in self.chunks.take_dropped():
-                    self.counters["rejected_updates"] += 1
-                    self.last_reject = f"chunked update {update_id[:8]}: {reason}"
-                    self.get_logger().warning(self.last_reject)
+                    self.reject(f"chunked update {update_id[:8]}", reason)
                 if payload is None:
                     return
             bundle = msg_to_bundle(msg.bundle, payload)
@@ -227,17 +225,18 @@ class EdgeLearner(Node):
             swap = apply_update(self.runtime, msg.kind, msg.submodel_spec, self.spec, bundle, self.max_update_bytes,
                                 swap=self.runtime.swap_async)
         except (UpdateRejected, UpdateError, CodecError, SignatureError, ValueError, TypeError, KeyError) as exc:
-            self.reject(msg, exc)
+            self.reject(f"update v{msg.version} ({msg.update_id[:8]})", exc)
             return
         if swap is not None:  # served from the first frame after the new model is ready (finish_swap)
             self.swapping = (swap, msg)
             return
         self.applied(msg)
 
-    def reject(self, msg: ModelUpdate, exc: Exception) -> None:
+    def reject(self, what: str, reason: object) -> None:
+        """An update that will not be served: counted, reported on /diagnostics, logged with the reason."""
         self.counters["rejected_updates"] += 1
-        self.last_reject = f"update v{msg.version}: {exc}"
-        self.get_logger().warning(f"rejected update v{msg.version} ({msg.update_id[:8]}): {exc}")
+        self.last_reject = f"{what}: {reason}"
+        self.get_logger().warning(f"rejected {self.last_reject}")
 
     def finish_swap(self) -> None:
         """Between two frames: once the new model is built, it serves and its version counts; the updates
@@ -249,7 +248,7 @@ class EdgeLearner(Node):
         try:
             future.result()
         except UpdateError as exc:  # the old model is still serving
-            self.reject(msg, exc)
+            self.reject(f"update v{msg.version} ({msg.update_id[:8]})", exc)
         else:
             self.applied(msg)
         while self.parked and self.swapping is None:
