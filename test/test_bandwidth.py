@@ -47,3 +47,5 @@ def test_update_encoding_shrinks_to_fit_the_downlink():
     assert link_encoding("fp16", mb, 0.0) == "fp16"  # not measured yet
     with pytest.raises(ValueError):
         link_encoding("bf16", mb, 1e6)
+    with pytest.raises(ValueError, match="finite"):
+        link_encoding("fp16", mb, math.nan)

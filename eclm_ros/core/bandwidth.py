@@ -71,6 +71,8 @@ ENCODING_ORDER = ("raw", "fp16", "int8")  # from exact to smallest
 def link_encoding(configured: str, payload_bytes: int, downlink_bps: float, deadline_s: float = 1.0) -> str:
     """The update encoding for an edge: the configured one, or a smaller one when the measured downlink could
     not carry the update within ``deadline_s`` (an unmeasured link, 0 bit/s, keeps the configured one)."""
+    if not np.isfinite(downlink_bps):
+        raise ValueError(f"downlink must be a finite bit rate, got {downlink_bps}")
     if configured not in ENCODING_ORDER:
         raise ValueError(f"unknown encoding {configured!r}; known: {', '.join(ENCODING_ORDER)}")
     needed = choose_encoding(payload_bytes, downlink_bps, deadline_s)

@@ -4,6 +4,7 @@ Services `register_edge`, `reassemble_submodel`, `bandwidth_probe`; subscribes `
 publishes `model_updates` (reliable, transient-local). Learning (distil, compose, merge rounds) runs on a worker
 thread, so message handling never waits for it.
 """
+import math
 import queue
 import threading
 import uuid
@@ -231,6 +232,10 @@ class CloudCoordinator(Node):
             self._send(edge_id, update)
 
     def on_link(self, msg: BandwidthEstimate) -> None:
+        if not math.isfinite(msg.downlink_bps) or msg.downlink_bps < 0:  # keep the last good estimate
+            self.last_reject = f"link estimate for {msg.edge_id!r}: downlink {msg.downlink_bps} bit/s"
+            self.get_logger().warning(f"ignored {self.last_reject}", throttle_duration_sec=10.0)
+            return
         self.downlinks[msg.edge_id] = msg.downlink_bps if msg.link_up else 0.0
 
     def on_status(self, msg: EdgeStatus) -> None:
