@@ -5,6 +5,7 @@ ROS). No cv_bridge: it is not available from PyPI, and a zero-copy numpy view is
 """
 from __future__ import annotations
 
+import json
 from typing import Mapping
 
 import numpy as np
@@ -76,6 +77,15 @@ def bundle_to_msg(bundle: Bundle, msg: TensorBundle | None = None) -> TensorBund
     msg.payload = bundle.payload
     msg.digest = bundle.digest
     return msg
+
+
+def bundle_signed_parts(msg: TensorBundle) -> list[bytes]:
+    """What an upload signature covers of a TensorBundle: every field that decides how the payload decodes (as
+    it reads after the float32 wire encoding, so sender and receiver agree) and the payload itself."""
+    specs = [[t.name, t.dtype, list(t.shape), t.encoding, float(np.float32(t.scale)), int(t.zero_point),
+              int(t.offset), int(t.length)] for t in msg.tensors]
+    header = json.dumps([msg.compression, int(msg.raw_size), msg.digest, specs], separators=(",", ":")).encode()
+    return [header, bytes(msg.payload)]
 
 
 def msg_to_bundle(msg: TensorBundle, payload: bytes | None = None) -> Bundle:

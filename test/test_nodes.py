@@ -283,3 +283,59 @@ def test_trainable_edge_adapts_itself_and_the_cloud_integrates_its_modules(syste
     finally:
         listener.close()
     assert "error" not in system.procs[1].output().lower(), system.procs[1].output()[-3000:]
+
+
+def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
+    """A node that merely knows an edge's id must not teach (poison) the cloud model every edge is served from."""
+    from eclm_ros.core.selection import encode_frames
+    from eclm_ros.core.signing import SCHEME, generate_key, load_private_key, save_key_pair, sign, upload_bytes
+    from eclm_ros.core.tensor_codec import pack
+    from eclm_ros.msg import EncodedFrame, LearnedModules, SampleBatch
+    from eclm_ros.ros_io import RELIABLE_QOS, bundle_to_msg
+
+    keys = system.tmp / "edge_keys"
+    keys.mkdir()
+    save_key_pair(generate_key(), system.tmp / "robot1.key", keys / "robot1.pem")
+    system.params["cloud_coordinator"]["edge_keys_dir"] = str(keys)
+    system.params["edge_learner"].update(private_key=str(system.tmp / "robot1.key"), adapt_locally=True,
+                                         local_batch=8, module_upload_frames=64)
+    listener = _listener()
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        system.start("camera_stream", "/robot1")
+        samples = listener.publisher(SampleBatch, "/eclm/samples", RELIABLE_QOS)
+        modules = listener.publisher(LearnedModules, "/eclm/learned_modules", RELIABLE_QOS)
+        cloud = lambda: _values(listener, "cloud_coordinator")  # noqa: E731
+        wait_for(lambda: int(cloud().get("modules_integrated", 0)) >= 1 and int(cloud().get("batches", 0)) >= 2,
+                 90, "the cloud learning from the signed edge's uploads and modules")
+        assert int(cloud()["rejected_batches"]) == 0 and int(cloud()["rejected_modules"]) == 0
+
+        rng = np.random.default_rng(1)
+        blobs = encode_frames(rng.integers(0, 255, (4, 28, 28), dtype=np.uint8))
+
+        def batch(key=None, alter=False) -> SampleBatch:
+            msg = SampleBatch(edge_id="robot1", batch_seq=10**6, model_version=1, encoding="png", num_classes=10)
+            msg.frames = [EncodedFrame(width=28, height=28, channels=1, data=b) for b in blobs]
+            if key is not None:
+                msg.signature_scheme = SCHEME
+                msg.signature = sign(key, upload_bytes("samples", "robot1", [10**6, 1, "png"], blobs))
+            if alter:
+                msg.frames[0].data = blobs[1]
+            return msg
+
+        own = load_private_key(system.tmp / "robot1.key")
+        for msg in (batch(), batch(generate_key()), batch(own, alter=True)):
+            samples.publish(msg)
+        forged = LearnedModules(edge_id="robot1", base_version=1, submodel_spec="{}", frames=64)
+        bundle_to_msg(pack({"stages.0.module0.body.0.weight": np.zeros(4, np.float32)}), forged.bundle)
+        modules.publish(forged)
+        wait_for(lambda: int(cloud().get("rejected_batches", 0)) >= 3 and int(cloud().get("rejected_modules", 0)) >= 1,
+                 20, "the forged uploads refused on /diagnostics")
+        learned = int(cloud()["batches"])
+        wait_for(lambda: int(cloud()["batches"]) > learned, 20, "the cloud still learning from the real edge")
+    finally:
+        listener.close()
+    out = system.procs[0].output()
+    for reason in ("unsigned upload", "does not match"):
+        assert reason in out, f"no cloud log line with {reason!r}:\n{out[-4000:]}"

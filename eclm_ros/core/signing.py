@@ -1,7 +1,10 @@
-"""Ed25519 signatures for model updates.
+"""Ed25519 signatures for what crosses the edge-cloud link, both ways.
 
 An edge must not load weights that anyone on the DDS domain could publish: the cloud signs each update's
-canonical bytes (``tensor_codec.signing_bytes``) and edges holding the cloud's public key verify them.
+canonical bytes (``tensor_codec.signing_bytes``) and edges holding the cloud's public key verify them. The
+other way round, frames and learned modules teach the cloud model, which then reaches every edge: a node that
+merely knows an edge's id must not be able to poison it. Edges sign their uploads; a cloud given a directory of
+edge public keys (``EdgeKeys``) learns only from uploads their edge signed.
 """
 from __future__ import annotations
 
@@ -64,6 +67,40 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
     return key.sign(data)
 
 
+def upload_bytes(kind: str, edge_id: str, fields: list, payloads: list[bytes]) -> bytes:
+    """The canonical bytes an edge signs for one upload (``kind``: "samples" or "modules"): its id, the fields
+    that decide what the cloud does with it, and a length-prefixed SHA-256 over every payload (the frames, or
+    the module bundle)."""
+    h = hashlib.sha256()
+    for blob in payloads:
+        h.update(len(blob).to_bytes(8, "little"))
+        h.update(blob)
+    return "\n".join([f"eclm-{kind}/1", edge_id, *map(str, fields), h.hexdigest()]).encode()
+
+
+class EdgeKeys:
+    """The edges a cloud trusts: ``<edge_id>.pem`` public keys in one directory, read when first needed so an
+    operator can enrol an edge without restarting the cloud."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        if not self.directory.is_dir():
+            raise SignatureError(f"edge key directory {self.directory} does not exist")
+        self.keys: dict[str, Ed25519PublicKey] = {}
+
+    def check(self, edge_id: str, data: bytes, scheme: str, signature: bytes) -> None:
+        """Raise SignatureError unless ``data`` carries a valid signature by ``edge_id``'s enrolled key."""
+        if scheme != SCHEME:
+            raise SignatureError(f"unsigned upload (scheme {scheme!r}) from {edge_id!r} refused: edge keys are set")
+        key = self.keys.get(edge_id)
+        if key is None:
+            path = self.directory / f"{edge_id}.pem"
+            if not edge_id or "/" in edge_id or edge_id.startswith(".") or not path.is_file():
+                raise SignatureError(f"no enrolled key for edge {edge_id!r} (expected {path})")
+            key = self.keys[edge_id] = load_public_key(path)
+        verify(key, data, signature)
+
+
 def verify(public_key: Ed25519PublicKey, data: bytes, signature: bytes) -> None:
     """Raise SignatureError unless ``signature`` is the key's signature of ``data``."""
     if len(signature) != 64:
@@ -71,4 +108,4 @@ def verify(public_key: Ed25519PublicKey, data: bytes, signature: bytes) -> None:
     try:
         public_key.verify(bytes(signature), data)
     except InvalidSignature as exc:
-        raise SignatureError("signature does not match: forged or altered update, or signed by another key") from exc
+        raise SignatureError("signature does not match: forged or altered in transit, or signed by another key") from exc

@@ -21,12 +21,13 @@ from eclm_ros.core.bandwidth import link_encoding
 from eclm_ros.core.chunking import split
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
+from eclm_ros.core.signing import EdgeKeys, SignatureError, upload_bytes
 from eclm_ros.core.strategies import STRATEGIES, Update
 from eclm_ros.core.tensor_codec import CodecError, pack, unpack
 from eclm_ros.core.updates import UpdateHeader, signature_for
 from eclm_ros.msg import BandwidthEstimate, EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
-from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_to_msg, msg_to_bundle,
-                            profile_from_msg, run_node)
+from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_signed_parts,
+                            bundle_to_msg, msg_to_bundle, profile_from_msg, run_node)
 from eclm_ros.srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
 
 
@@ -40,6 +41,9 @@ class CloudCoordinator(Node):
         cache = p.declare("model_cache", "", "checkpoint cache directory ('' = $ECLM_ROS_CACHE or ~/.cache/eclm_ros)")
         state_dir = p.declare("state_dir", "", "where per-edge state is saved and restored ('' = not persisted)")
         key = p.declare("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = unsigned)")
+        edge_keys = p.declare("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem); when "
+                              "set, only uploads and modules their edge signed are learned from ('' = any)")
+        self.edge_keys = EdgeKeys(edge_keys) if edge_keys else None
         self.encoding = p.declare("update_encoding", "fp16", "tensor encoding of affine updates",
                                   lambda v: v in ("raw", "fp16", "int8"), "raw, fp16 or int8")
         self.max_pending = p.declare("max_pending_batches", 64, "upload batches waiting for the learner before "
@@ -161,14 +165,22 @@ class CloudCoordinator(Node):
             self.counters["dropped_batches"] += job[0] == "samples"
             return False
 
+    def _check_signature(self, kind: str, msg, fields: list, payloads: list[bytes]) -> None:
+        """Raise SignatureError unless the upload carries its edge's signature (when edge keys are set)."""
+        if self.edge_keys is not None:
+            self.edge_keys.check(msg.edge_id, upload_bytes(kind, msg.edge_id, fields, payloads),
+                                 msg.signature_scheme, bytes(msg.signature))
+
     def on_samples(self, msg: SampleBatch) -> None:
         if msg.edge_id not in self.state.versions:
             self.counters["rejected_batches"] += 1
             self.last_reject = f"samples from unregistered edge {msg.edge_id!r}"
             return
         try:
-            frames = decode_frames([bytes(f.data) for f in msg.frames])
-        except ValueError as exc:
+            blobs = [bytes(f.data) for f in msg.frames]
+            self._check_signature("samples", msg, [msg.batch_seq, msg.model_version, msg.encoding], blobs)
+            frames = decode_frames(blobs)
+        except (ValueError, SignatureError) as exc:
             self.counters["rejected_batches"] += 1
             self.last_reject = f"batch {msg.batch_seq} of {msg.edge_id}: {exc}"
             self.get_logger().warning(self.last_reject)
@@ -185,6 +197,8 @@ class CloudCoordinator(Node):
         try:
             if msg.edge_id not in self.state.versions:
                 raise ValueError(f"modules from unregistered edge {msg.edge_id!r}")
+            self._check_signature("modules", msg, [msg.base_version, msg.submodel_spec, msg.frames],
+                                  bundle_signed_parts(msg.bundle))
             tensors = {k: torch.from_numpy(v) for k, v in unpack(msg_to_bundle(msg.bundle)).items()}
         except (ValueError, CodecError) as exc:
             self.counters["rejected_modules"] += 1

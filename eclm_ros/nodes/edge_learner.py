@@ -22,7 +22,7 @@ from eclm_ros.core.edge_runtime import UpdateError, make_runtime
 from eclm_ros.core.local_adapt import LocalAdapter
 from eclm_ros.core.preprocess import ImageFormatError, to_model_input, to_model_view
 from eclm_ros.core.selection import Selector, encode_frames, entropy_one
-from eclm_ros.core.signing import SignatureError, load_public_key
+from eclm_ros.core.signing import SCHEME, SignatureError, load_private_key, load_public_key, sign, upload_bytes
 from eclm_ros.core.tensor_codec import CodecError, pack
 from eclm_ros.core.training import load_edge_model
 from eclm_ros.core.updates import (KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader, UpdateRejected, apply_update,
@@ -30,7 +30,7 @@ from eclm_ros.core.updates import (KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader, U
 from eclm_ros.msg import (BandwidthEstimate, DeviceProfile, EdgeStatus, EncodedFrame, LearnedModules, ModelUpdate,
                           Prediction, SampleBatch)
 from eclm_ros.ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, NodeParameters,
-                            bundle_to_msg, image_to_numpy, msg_to_bundle, run_node)
+                            bundle_signed_parts, bundle_to_msg, image_to_numpy, msg_to_bundle, run_node)
 from eclm_ros.srv import RegisterEdge
 
 
@@ -52,6 +52,8 @@ class EdgeLearner(Node):
                              lambda v: 0 < v <= 1, "must be in (0, 1]")
         key = p.declare("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or "
                         "wrongly signed updates are refused")
+        own_key = p.declare("private_key", "", "PEM file of this edge's Ed25519 key that signs its uploads ('' = "
+                            "unsigned; a cloud with edge keys refuses them)")
         self.max_update_bytes = p.declare("max_update_bytes", 64 * 1024 * 1024, "largest update accepted",
                                           lambda v: v > 0, "must be > 0")
         cloud = p.declare("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services")
@@ -67,6 +69,7 @@ class EdgeLearner(Node):
                                      lambda v: v >= 0, "must be >= 0"),
             device=p.declare("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"))
         self.public_key = load_public_key(key) if key else None
+        self.private_key = load_private_key(own_key) if own_key else None
         adapt = p.declare("adapt_locally", False, "trainable profile: adapt the sub-model on the edge too (Tent, off "
                           "the inference path) and send its modules up for the cloud to integrate (ECLM)",
                           read_only=True)
@@ -177,6 +180,11 @@ class EdgeLearner(Node):
         batch.predicted_class = [int(c) for c in classes]
         batch.entropy = [float(e) for e in ents]
         batch.probabilities = np.concatenate(probs).astype(np.float32).tolist()
+        if self.private_key is not None:
+            batch.signature_scheme = SCHEME
+            batch.signature = sign(self.private_key, upload_bytes(
+                "samples", self.edge_id, [batch.batch_seq, batch.model_version, batch.encoding],
+                [bytes(f.data) for f in batch.frames]))
         if len(self.queue) == self.queue.maxlen:
             self.counters["dropped_batches"] += 1
         self.queue.append(batch)
@@ -293,6 +301,11 @@ class EdgeLearner(Node):
                              frames=self.adapted)
         msg.header.stamp = self.get_clock().now().to_msg()
         bundle_to_msg(bundle, msg.bundle)
+        if self.private_key is not None:
+            msg.signature_scheme = SCHEME
+            msg.signature = sign(self.private_key, upload_bytes(
+                "modules", self.edge_id, [msg.base_version, msg.submodel_spec, msg.frames],
+                bundle_signed_parts(msg.bundle)))
         self.modules_pub.publish(msg)
         self.counters["modules_sent"] += 1
         self.adapted = 0
