@@ -339,3 +339,36 @@ def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
     out = system.procs[0].output()
     for reason in ("unsigned upload", "does not match"):
         assert reason in out, f"no cloud log line with {reason!r}:\n{out[-4000:]}"
+
+
+def test_updates_shrink_to_int8_when_the_link_collapses_and_recover(system):
+    """The cloud sizes each edge's updates to its measured downlink: int8 on a collapsing link (still applied by
+    the edge), back to the configured fp16 when the link recovers."""
+    from eclm_ros.msg import BandwidthEstimate
+    from eclm_ros.ros_io import RELIABLE_QOS
+
+    listener = _listener()
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        system.start("camera_stream", "/robot1")
+        links = listener.publisher(BandwidthEstimate, "/eclm/link_estimates", RELIABLE_QOS)
+        cloud = lambda: _values(listener, "cloud_coordinator")  # noqa: E731
+
+        def announce(downlink_bps: float) -> bool:  # what a bandwidth monitor would measure, again and again
+            links.publish(BandwidthEstimate(edge_id="robot1", downlink_bps=downlink_bps, uplink_bps=1e6,
+                                            link_up=True))
+            return True
+
+        wait_for(lambda: int(cloud().get("updates_fp16", 0)) >= 2, 60, "fp16 affine updates on a fast link")
+        wait_for(lambda: announce(1e3) and int(cloud().get("updates_int8", 0)) >= 3, 60,
+                 "int8 updates once the downlink collapses to 1 kbit/s")
+        applied = int(_values(listener, "edge_learner")["applied"])
+        wait_for(lambda: announce(1e3) and int(_values(listener, "edge_learner")["applied"]) > applied + 1,
+                 30, "the edge applying the int8 updates")
+        fp16 = int(cloud()["updates_fp16"])
+        wait_for(lambda: announce(100e6) and int(cloud()["updates_fp16"]) > fp16, 60,
+                 "fp16 updates again after the link recovers")
+        assert int(_values(listener, "edge_learner")["rejected_updates"]) == 0
+    finally:
+        listener.close()
