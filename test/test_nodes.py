@@ -122,12 +122,29 @@ def _image(data: bytes, step: int = 28, encoding: str = "mono8"):
     return Image(height=28, width=28, encoding=encoding, step=step, data=data)
 
 
+def _signed_update(key, version: int, base: int, kind: int, tensors: dict, spec: str = "{}",
+                   target: str = "robot1"):
+    """A ModelUpdate as the cloud would publish it, signed with ``key``."""
+    from eclm_ros.core.tensor_codec import pack
+    from eclm_ros.core.updates import UpdateHeader, signature_for
+    from eclm_ros.msg import ModelUpdate
+    from eclm_ros.ros_io import bundle_to_msg
+
+    bundle = pack(tensors)
+    header = UpdateHeader(target, uuid.uuid4().hex, version, base, kind, spec)
+    msg = ModelUpdate(target_edge=target, update_id=header.update_id, version=version, base_version=base,
+                      kind=kind, submodel_spec=spec, chunk_index=0, chunk_count=1)
+    bundle_to_msg(bundle, msg.bundle)
+    msg.signature_scheme, msg.key_id, sig = signature_for(header, bundle, key)
+    msg.signature = sig
+    return msg
+
+
 def test_bad_input_is_refused_and_serving_goes_on(system):
     from eclm_ros.core.signing import generate_key, load_private_key
-    from eclm_ros.core.tensor_codec import pack
-    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE, UpdateHeader, signature_for
+    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS, bundle_to_msg
+    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS
 
     listener = _listener()
     try:
@@ -154,13 +171,7 @@ def test_bad_input_is_refused_and_serving_goes_on(system):
         cloud_key = load_private_key(system.tmp / "cloud.pem")
 
         def update(version: int, base: int, kind: int, target: str = "robot1", key=cloud_key, corrupt=False):
-            bundle = pack({"x": np.ones(4, np.float32)})
-            header = UpdateHeader(target, uuid.uuid4().hex, version, base, kind, "{}")
-            msg = ModelUpdate(target_edge=target, update_id=header.update_id, version=version, base_version=base,
-                              kind=kind, submodel_spec="{}", chunk_index=0, chunk_count=1)
-            bundle_to_msg(bundle, msg.bundle)
-            msg.signature_scheme, msg.key_id, sig = signature_for(header, bundle, key)
-            msg.signature = sig
+            msg = _signed_update(key, version, base, kind, {"x": np.ones(4, np.float32)}, target=target)
             if corrupt:
                 msg.bundle.payload = bytes(reversed(bytes(msg.bundle.payload)))
             return msg
@@ -370,5 +381,45 @@ def test_updates_shrink_to_int8_when_the_link_collapses_and_recover(system):
         wait_for(lambda: announce(100e6) and int(cloud()["updates_fp16"]) > fp16, 60,
                  "fp16 updates again after the link recovers")
         assert int(_values(listener, "edge_learner")["rejected_updates"]) == 0
+    finally:
+        listener.close()
+
+
+def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_cache):
+    """A full update is built off the inference path; affine updates based on it that arrive meanwhile are
+    parked and applied in order once it serves, not refused as based on a version the edge does not serve yet."""
+    from eclm_ros.core.norm import affine_state
+    from eclm_ros.core.signing import load_private_key
+    from eclm_ros.core.strategies import spec_json
+    from eclm_ros.core.training import load_checkpoint, load_edge_model
+    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
+    from eclm_ros.msg import ModelUpdate
+    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS
+
+    edge = load_edge_model(True, quick_cache)
+    spec = spec_json(load_checkpoint("cloud", quick=True, cache_dir=quick_cache), edge.spec)
+    key = load_private_key(system.tmp / "cloud.pem")
+    shifted = {k: v + 0.01 for k, v in affine_state(edge).items()}
+    listener = _listener()
+    try:
+        system.start("edge_learner", "/robot1")  # no cloud: these updates are the only ones
+        images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+        updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
+        preds = listener.received["/robot1/predictions"]
+        rng = np.random.default_rng(0)
+
+        def feed(n: int = 5) -> bool:
+            for _ in range(n):
+                images.publish(_image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+                time.sleep(0.02)
+            return True
+
+        wait_for(lambda: feed() and preds and updates.get_subscription_count() >= 1, 60, "the edge serving")
+        updates.publish(_signed_update(key, 1, 0, KIND_FULL, edge.state_dict(), spec))
+        updates.publish(_signed_update(key, 2, 1, KIND_NORM_AFFINE, shifted, spec))
+        updates.publish(_signed_update(key, 3, 2, KIND_NORM_AFFINE, shifted, spec))
+        wait_for(lambda: feed() and preds[-1].model_version == 3, 30, "version 3 served")
+        wait_for(lambda: feed() and int(_edge_values(listener).get("applied", 0)) == 3, 10, "3 updates applied")
+        assert int(_edge_values(listener)["rejected_updates"]) == 0, system.logs()
     finally:
         listener.close()
