@@ -122,6 +122,23 @@ def _image(data: bytes, step: int = 28, encoding: str = "mono8"):
     return Image(height=28, width=28, encoding=encoding, step=step, data=data)
 
 
+def _camera(listener, seed: int = 0):
+    """A publisher of random 28x28 mono8 frames on /robot1/image and ``feed(n)``, which sends n of them (and
+    returns True, to sit inside a wait_for condition)."""
+    from eclm_ros.ros_io import SENSOR_QOS
+
+    images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+    rng = np.random.default_rng(seed)
+
+    def feed(n: int = 5) -> bool:
+        for _ in range(n):
+            images.publish(_image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
+            time.sleep(0.02)
+        return True
+
+    return images, feed
+
+
 def _signed_update(key, version: int, base: int, kind: int, tensors: dict, spec: str = "{}",
                    target: str = "robot1"):
     """A ModelUpdate as the cloud would publish it, signed with ``key``."""
@@ -144,21 +161,15 @@ def test_bad_input_is_refused_and_serving_goes_on(system):
     from eclm_ros.core.signing import generate_key, load_private_key
     from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS
+    from eclm_ros.ros_io import UPDATE_QOS
 
     listener = _listener()
     try:
         system.start("cloud_coordinator", "/eclm")
         system.start("edge_learner", "/robot1")
-        images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+        images, feed = _camera(listener)
         updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
         preds = listener.received["/robot1/predictions"]
-        rng = np.random.default_rng(0)
-
-        def feed(n: int = 20) -> None:
-            for _ in range(n):
-                images.publish(_image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
-                time.sleep(0.02)
 
         def version() -> int:
             feed(5)
@@ -394,7 +405,7 @@ def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_c
     from eclm_ros.core.training import load_checkpoint, load_edge_model
     from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import SENSOR_QOS, UPDATE_QOS
+    from eclm_ros.ros_io import UPDATE_QOS
 
     edge = load_edge_model(True, quick_cache)
     spec = spec_json(load_checkpoint("cloud", quick=True, cache_dir=quick_cache), edge.spec)
@@ -403,16 +414,9 @@ def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_c
     listener = _listener()
     try:
         system.start("edge_learner", "/robot1")  # no cloud: these updates are the only ones
-        images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+        _, feed = _camera(listener)
         updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
         preds = listener.received["/robot1/predictions"]
-        rng = np.random.default_rng(0)
-
-        def feed(n: int = 5) -> bool:
-            for _ in range(n):
-                images.publish(_image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes()))
-                time.sleep(0.02)
-            return True
 
         wait_for(lambda: feed() and preds and updates.get_subscription_count() >= 1, 60, "the edge serving")
         updates.publish(_signed_update(key, 1, 0, KIND_FULL, edge.state_dict(), spec))

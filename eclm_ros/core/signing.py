@@ -108,4 +108,4 @@ def verify(public_key: Ed25519PublicKey, data: bytes, signature: bytes) -> None:
     try:
         public_key.verify(bytes(signature), data)
     except InvalidSignature as exc:
-        raise SignatureError("signature does not match: forged or altered in transit, or signed by another key") from exc
+        raise SignatureError("signature does not match: forged, altered in transit, or signed by another key") from exc
