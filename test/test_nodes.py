@@ -44,6 +44,12 @@ class System:
         self.procs.append(proc)
         return proc
 
+    def start_loop(self) -> None:
+        """The whole loop: the cloud coordinator, an edge learner and its camera."""
+        self.start("cloud_coordinator", "/eclm")
+        self.start("edge_learner", "/robot1")
+        self.start("camera_stream", "/robot1")
+
     def logs(self) -> str:
         return "\n".join(f"--- {p.command[1]}\n{p.output()[-3000:]}" for p in self.procs)
 
@@ -90,8 +96,7 @@ def test_loop_closes_and_beats_the_source_model(system, quick_cache):
 
     listener = _listener()
     try:
-        for name, ns in (("cloud_coordinator", "/eclm"), ("edge_learner", "/robot1"), ("camera_stream", "/robot1")):
-            system.start(name, ns)
+        system.start_loop()
         preds = listener.received["/robot1/predictions"]
         wait_for(lambda: sum(p.model_version >= 4 for p in preds) >= 300, 120,
                  "300 predictions from model version >= 4 (frames in, samples up, updates down)")
@@ -292,9 +297,7 @@ def test_trainable_edge_adapts_itself_and_the_cloud_integrates_its_modules(syste
     system.params["edge_learner"].update(adapt_locally=True, local_batch=8, module_upload_frames=64)
     listener = _listener()
     try:
-        system.start("cloud_coordinator", "/eclm")
-        system.start("edge_learner", "/robot1")
-        system.start("camera_stream", "/robot1")
+        system.start_loop()
         wait_for(lambda: int(_values(listener, "cloud_coordinator").get("modules_integrated", 0)) >= 2, 90,
                  "the cloud integrating the trainable edge's modules twice")
         wait_for(lambda: int(_values(listener, "edge_learner").get("local_steps", 0)) >= 16, 10,
@@ -323,9 +326,7 @@ def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
                                          local_batch=8, module_upload_frames=64)
     listener = _listener()
     try:
-        system.start("cloud_coordinator", "/eclm")
-        system.start("edge_learner", "/robot1")
-        system.start("camera_stream", "/robot1")
+        system.start_loop()
         samples = listener.publisher(SampleBatch, "/eclm/samples", RELIABLE_QOS)
         modules = listener.publisher(LearnedModules, "/eclm/learned_modules", RELIABLE_QOS)
         cloud = lambda: _values(listener, "cloud_coordinator")  # noqa: E731
@@ -371,9 +372,7 @@ def test_updates_shrink_to_int8_when_the_link_collapses_and_recover(system):
 
     listener = _listener()
     try:
-        system.start("cloud_coordinator", "/eclm")
-        system.start("edge_learner", "/robot1")
-        system.start("camera_stream", "/robot1")
+        system.start_loop()
         links = listener.publisher(BandwidthEstimate, "/eclm/link_estimates", RELIABLE_QOS)
         cloud = lambda: _values(listener, "cloud_coordinator")  # noqa: E731
 
