@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from .models import INPUT_SHAPE
-from .norm import affine_state, load_affine, use_ema_stats
+from .norm import EMA_MOMENTUM, affine_state, check_affine, load_affine, use_ema_stats
 from .onnx_export import AdaptiveGraph, Layout, export_adaptive, load_state_vectors, state_vectors, structure_key
 
 
@@ -72,7 +72,7 @@ class _Swapper:
 class TorchEdgeRuntime(_Swapper):
     """A torch model served frame by frame, BatchNorm statistics following the stream (forward-only EMA)."""
 
-    def __init__(self, model: nn.Module, bn_momentum: float = 0.01) -> None:
+    def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM) -> None:
         super().__init__()
         self.bn_momentum = bn_momentum
         self._lock = threading.Lock()
@@ -164,7 +164,8 @@ class OrtEdgeRuntime(_Swapper):
     """The edge model in ONNX Runtime: same answers as TorchEdgeRuntime (forward-only BatchNorm EMA in the
     graph), a fraction of the per-frame cost, affine updates without a rebuild."""
 
-    def __init__(self, model: nn.Module, bn_momentum: float = 0.01, threads: int = 1, cache_size: int = 4) -> None:
+    def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1,
+                 cache_size: int = 4) -> None:
         super().__init__()
         self.bn_momentum = bn_momentum
         self.options = session_options(threads)
@@ -220,19 +221,11 @@ class OrtEdgeRuntime(_Swapper):
     def apply_affine(self, tensors: Mapping[str, np.ndarray]) -> None:
         """Replace the normalisation affine parameters (CEMA's update), all or nothing: one buffer copy."""
         current = self._current
-        templates = self.affine_templates()
-        if set(tensors) != set(templates):
-            missing, extra = sorted(set(templates) - set(tensors)), sorted(set(tensors) - set(templates))
-            raise UpdateError(f"affine state does not match the model: missing {missing[:4]}, unexpected {extra[:4]}")
-        parts = []
-        for key in current.layout.affine_keys():
-            value = np.asarray(tensors[key], dtype=np.float32)
-            if value.shape != templates[key]:
-                raise UpdateError(f"{key}: shape {value.shape}, the model has {templates[key]}")
-            parts.append(value)
-        staged = np.concatenate(parts)
-        if not np.isfinite(staged).all():
-            raise UpdateError("affine update holds NaN or Inf")
+        try:
+            arrays = check_affine(self.affine_templates(), tensors)
+        except ValueError as exc:
+            raise UpdateError(str(exc)) from exc
+        staged = np.concatenate([arrays[key] for key in current.layout.affine_keys()])
         with self._lock:
             if self._current is not current:
                 raise UpdateError("the served structure changed while the affine update was being checked")
@@ -248,7 +241,7 @@ class OrtEdgeRuntime(_Swapper):
             self._current, self._mirror = session, model
 
 
-def make_runtime(kind: str, model: nn.Module, bn_momentum: float = 0.01, threads: int = 1):
+def make_runtime(kind: str, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1):
     """``onnx`` (ONNX Runtime, forward-only devices) or ``torch``."""
     if kind == "onnx":
         return OrtEdgeRuntime(model, bn_momentum, threads)
