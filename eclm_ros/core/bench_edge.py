@@ -35,7 +35,7 @@ from rich.table import Table
 from .data import load_fashion_mnist
 from .edge_runtime import OrtEdgeRuntime, TorchEdgeRuntime, make_runtime
 from .models import ModularNet, SubModelSpec, build_submodel, count_macs, count_params
-from .norm import affine_state
+from .norm import EMA_MOMENTUM, affine_state
 from .onnx_export import export_adaptive, state_vectors
 from .preprocess import SIZE, batch_to_array, to_gray, to_model_input
 from .selection import Selector, entropy_one
@@ -51,7 +51,7 @@ class OrtDefault:
     """ONNX Runtime as one would first use it on the same adaptive graph: default session options (threads
     pinned to one for the one-core comparison, unless ``threads=0``), ``session.run`` with a feed dict."""
 
-    def __init__(self, model: torch.nn.Module, momentum: float = 0.05, threads: int = 1) -> None:
+    def __init__(self, model: torch.nn.Module, momentum: float = EMA_MOMENTUM, threads: int = 1) -> None:
         graph = export_adaptive(model, momentum)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads

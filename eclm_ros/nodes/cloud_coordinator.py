@@ -17,14 +17,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.duration import Duration
 from rclpy.node import Node
 
-from eclm_ros.core.bandwidth import link_encoding
+from eclm_ros.core.bandwidth import ENCODING_ORDER, link_encoding
 from eclm_ros.core.chunking import split
 from eclm_ros.core.coordinator_state import CoordinatorState
 from eclm_ros.core.selection import decode_frames
 from eclm_ros.core.signing import EdgeKeys, SignatureError, upload_bytes
 from eclm_ros.core.strategies import STRATEGIES, Update
 from eclm_ros.core.tensor_codec import CodecError, pack, unpack
-from eclm_ros.core.updates import UpdateHeader, signature_for
+from eclm_ros.core.updates import KIND_FULL, UpdateHeader, signature_for
 from eclm_ros.msg import BandwidthEstimate, EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
 from eclm_ros.ros_io import (RELIABLE_QOS, UPDATE_QOS, Diagnostics, NodeParameters, bundle_signed_parts,
                             bundle_to_msg, msg_to_bundle, profile_from_msg, run_node)
@@ -45,7 +45,7 @@ class CloudCoordinator(Node):
                               "set, only uploads and modules their edge signed are learned from ('' = any)")
         self.edge_keys = EdgeKeys(edge_keys) if edge_keys else None
         self.encoding = p.declare("update_encoding", "fp16", "tensor encoding of affine updates",
-                                  lambda v: v in ("raw", "fp16", "int8"), "raw, fp16 or int8")
+                                  lambda v: v in ENCODING_ORDER, "raw, fp16 or int8")
         self.max_pending = p.declare("max_pending_batches", 64, "upload batches waiting for the learner before "
                                      "the oldest are dropped", lambda v: v >= 1, "must be >= 1")
         self.save_period = p.declare("save_period_s", 10.0, "seconds between state saves", lambda v: v > 0,
@@ -58,7 +58,7 @@ class CloudCoordinator(Node):
         self.update_deadline = p.declare("update_deadline_s", 1.0, "an update must reach its edge within this "
                                          "time on the measured downlink; a smaller encoding is used when it would "
                                          "not", lambda v: v > 0, "must be > 0")
-        self.encodings = {"raw": 0, "fp16": 0, "int8": 0}
+        self.encodings = dict.fromkeys(ENCODING_ORDER, 0)
         merge_period = p.declare("merge_period_s", 30.0, "seconds between merge rounds across edges",
                                  lambda v: v > 0, "must be > 0")
         self.state = CoordinatorState(quick=quick, cache_dir=cache or None, state_dir=state_dir or None,
@@ -97,7 +97,7 @@ class CloudCoordinator(Node):
         encoding = link_encoding(encoding, payload, self.downlinks.get(edge_id, 0.0), self.update_deadline)
         self.encodings[encoding] += 1
         bundle = pack(update.tensors, encoding=encoding)
-        header = UpdateHeader(edge_id, uuid.uuid4().hex, new_version, 0 if update.kind == 2 else version,
+        header = UpdateHeader(edge_id, uuid.uuid4().hex, new_version, 0 if update.kind == KIND_FULL else version,
                               update.kind, update.submodel_spec)
         msg = ModelUpdate(target_edge=edge_id, update_id=header.update_id, version=new_version,
                           base_version=header.base_version, kind=update.kind, submodel_spec=update.submodel_spec,

@@ -20,6 +20,7 @@ from eclm_ros.core.chunking import Reassembler
 from eclm_ros.core.data import FASHION_MNIST_CLASSES
 from eclm_ros.core.edge_runtime import UpdateError, make_runtime
 from eclm_ros.core.local_adapt import LocalAdapter
+from eclm_ros.core.norm import EMA_MOMENTUM
 from eclm_ros.core.preprocess import ImageFormatError, to_model_input, to_model_view
 from eclm_ros.core.selection import Selector, encode_frames, entropy_one
 from eclm_ros.core.signing import SCHEME, SignatureError, load_private_key, load_public_key, sign, upload_bytes
@@ -48,7 +49,7 @@ class EdgeLearner(Node):
                                       "must be in [1, 1024]")
         self.max_queue = p.declare("max_queued_batches", 32, "uploads kept while the cloud is unreachable",
                                    lambda v: v >= 1, "must be >= 1")
-        momentum = p.declare("bn_momentum", 0.01, "per-frame EMA of BatchNorm statistics (forward-only adaptation)",
+        momentum = p.declare("bn_momentum", EMA_MOMENTUM, "per-frame EMA of BatchNorm statistics (forward-only adaptation)",
                              lambda v: 0 < v <= 1, "must be in (0, 1]")
         key = p.declare("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or "
                         "wrongly signed updates are refused")
