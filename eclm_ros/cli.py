@@ -9,10 +9,10 @@ import importlib
 import sys
 
 SUBCOMMANDS = {
-    "train": ("eclm_ros.core.training", "train the cloud and edge models into the checkpoint cache"),
-    "bench": ("eclm_ros.core.bench", "run every adaptation method on the same shifting stream, side by side"),
-    "bench-edge": ("eclm_ros.core.bench_edge", "edge runtime speed, update latency and DDS transport figures"),
-    "demo": ("eclm_ros.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
+    "train": ("eclm_ros.training.trainer", "train the cloud and edge models into the checkpoint cache"),
+    "bench": ("eclm_ros.bench.run", "run every adaptation method on the same shifting stream, side by side"),
+    "bench-edge": ("eclm_ros.bench.edge", "edge runtime speed, update latency and DDS transport figures"),
+    "demo": ("eclm_ros.ros.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
 }
 
 

@@ -34,8 +34,25 @@ sys.path.insert(0, str(Path(__file__).parent / "wire_nodes"))
 @pytest.fixture(scope="session")
 def quick_cache(tmp_path_factory):
     """Quick (tiny) models trained once per test session into a private cache."""
-    from eclm_ros.core.training import train_all
+    from eclm_ros.training.trainer import train_all
 
     cache = tmp_path_factory.mktemp("eclm_cache")
     train_all(quick=True, cache_dir=cache, progress=False)
     return cache
+
+
+@pytest.fixture
+def quick_model(quick_cache):
+    """A fresh copy of a quick checkpoint: ``quick_model("cloud")`` (also "edge", "edge_small")."""
+    from eclm_ros.core import checkpoint
+
+    return lambda name: checkpoint.load(checkpoint.default_path(name, True, quick_cache))
+
+
+@pytest.fixture(scope="session")
+def to_tensor():
+    """Fashion-MNIST views -> model input (the default models' preprocessing)."""
+    from eclm_ros.core.preprocess import Preprocessor
+    from eclm_ros.sim.data import fashion_mnist_description
+
+    return Preprocessor(fashion_mnist_description()).tensor

@@ -2,8 +2,10 @@ import json
 
 import numpy as np
 
-from eclm_ros.core import bench
-from eclm_ros.core.bench import METHODS, BenchContext, cli
+from eclm_ros.bench import run as bench
+from eclm_ros.bench.method import BenchContext, Traffic
+from eclm_ros.bench.report import goals
+from eclm_ros.bench.run import METHODS, cli
 
 REQUIRED = {"accuracy", "per_segment", "upload_ratio", "uplink_bytes", "downlink_bytes", "frames", "wall_s"}
 
@@ -29,7 +31,7 @@ class Spy:
     name = "spy"
 
     def __init__(self):
-        self.traffic = bench.Traffic()
+        self.traffic = Traffic()
         self.seen = []
 
     def step(self, images):
@@ -80,7 +82,7 @@ def test_goals_are_checked_with_their_gaps():
     run = {"source": r(0.40), "tent": r(0.68), "cloud_only": r(0.75, 1.0), "cema": r(0.70), "cema_all": r(0.70),
            "tent_small": r(0.66), "ecavg": r(0.70, 1.0, 800_000, 800_000, 10),
            "eclm_ros": r(0.72, 0.2, 100_000, 20_000, 20)}
-    checks = {g["goal"]: g for g in bench.goals(run, models)}
+    checks = {g["goal"]: g for g in goals(run, models)}
     assert not checks["eclm_ros accuracy >= tent + 0.05"]["met"]  # 0.72 < 0.73
     assert checks["eclm_ros accuracy >= source + 0.30"]["met"]
     assert checks["eclm_ros accuracy within 0.05 of cloud_only"]["met"]
@@ -89,4 +91,4 @@ def test_goals_are_checked_with_their_gaps():
     composed = next(g for g in checks.values() if g["goal"].startswith("composed sub-model"))
     assert composed["met"]
     models["edge"]["macs"] = 20  # a sub-model over the budget beating one within it proves nothing
-    assert not next(g for g in bench.goals(run, models) if g["goal"].startswith("composed sub-model"))["met"]
+    assert not next(g for g in goals(run, models) if g["goal"].startswith("composed sub-model"))["met"]

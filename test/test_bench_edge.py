@@ -4,7 +4,7 @@ import json
 
 from node_processes import ros_available
 
-from eclm_ros.core.bench_edge import RUNTIMES, cli
+from eclm_ros.bench.edge import RUNTIMES, cli
 
 REQUIRED = {"fps", "p99_ms", "selection_overhead", "affine_apply_ms", "module_apply_ms",
             "frames_dropped_during_updates", "e2e_p99_ms", "e2e_delivery_ratio", "update_20mb_delivered"}

@@ -142,22 +142,24 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
         pytest.skip(ros_available())
     from sensor_msgs.msg import Image
 
-    from eclm_ros.core.training import load_edge_model
-    from eclm_ros.core.updates import KIND_FULL
-    from eclm_ros.launcher import node_executable
+    from node_processes import model_params
+
+    from eclm_ros.core.description import architecture_json
+    from eclm_ros.core.messages import KIND_FULL
+    from eclm_ros.core.models import architecture
+    from eclm_ros.ros.launcher import node_executable
     from eclm_ros.msg import ModelUpdate, Prediction
-    from eclm_ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, bundle_to_msg
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, bundle_to_msg
 
     params = tmp_path / "edge.yaml"
     params.write_text(yaml.safe_dump({"/**/edge_learner": {"ros__parameters": {
-        "quick_models": True, "model_cache": str(quick_cache), "chunk_timeout_s": 2.0,
-        "cloud_namespace": "/chunk_cloud"}}}))
+        **model_params(quick_cache, "edge_learner"), "chunk_timeout_s": 2.0, "cloud_namespace": "/chunk_cloud"}}}))
     edge = NodeProcess([*node_executable("edge_learner"), "--ros-args", "-r", "__ns:=/chunk_edge",
                         "--params-file", str(params)], tmp_path / "edge.log")
     recorder = Recorder({"/chunk_edge/predictions": (Prediction, RELIABLE_QOS)})
     try:
         images = recorder.publisher(Image, "/chunk_edge/image", SENSOR_QOS)
-        updates = recorder.publisher(ModelUpdate, "/chunk_cloud/model_updates", UPDATE_QOS)
+        updates = recorder.publisher(ModelUpdate, "/chunk_cloud/updates/chunk_edge", UPDATE_QOS)
         preds = recorder.received["/chunk_edge/predictions"]
         rng = np.random.default_rng(1)
 
@@ -165,14 +167,17 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
             return _serving(images, preds, rng, pause=0.05)
 
         wait_for(lambda: serving() == 0, 90, "predictions from the initial model")
-        model = load_edge_model(quick=True, cache_dir=quick_cache)
+        from eclm_ros.core import checkpoint
+
+        model = checkpoint.load(checkpoint.default_path("edge", True, quick_cache)).model
         bundle = pack({k: v.numpy() for k, v in model.state_dict().items()}, compress=False)
         chunks = split(bundle.payload, 16 * 1024)
         assert len(chunks) >= 4
 
         def send(version: int, order: list[int]) -> None:
-            msg = ModelUpdate(target_edge="robot1", update_id=uuid.uuid4().hex, version=version, base_version=0,
-                              kind=KIND_FULL, submodel_spec=json.dumps(model.config()), chunk_count=len(chunks))
+            msg = ModelUpdate(target_edge="chunk_edge", update_id=uuid.uuid4().hex, version=version, base_version=0,
+                              kind=KIND_FULL, submodel_spec=architecture_json(architecture(model)),
+                              chunk_count=len(chunks))
             bundle_to_msg(bundle, msg.bundle)
             for i in order:
                 msg.chunk_index, msg.bundle.payload = i, chunks[i]
@@ -205,20 +210,22 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
         pytest.skip(ros_available())
     from sensor_msgs.msg import Image
 
-    from eclm_ros.launcher import node_executable
+    from eclm_ros.ros.launcher import node_executable
     from eclm_ros.msg import ModelUpdate, Prediction
-    from eclm_ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS
 
-    common = {"quick_models": True, "model_cache": str(quick_cache)}
+    from node_processes import model_params
+
     procs = []
     for name, ns, extra in (("cloud_coordinator", "/chunked_cloud", {"max_chunk_bytes": 40_000}),
                             ("edge_learner", "/chunked_edge", {"cloud_namespace": "/chunked_cloud"})):
         params = tmp_path / f"{name}.yaml"
-        params.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": {**common, **extra}}}))
+        params.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": {**model_params(quick_cache, name),
+                                                                               **extra}}}))
         procs.append(NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
                                   str(params)], tmp_path / f"{name}.log"))
     recorder = Recorder({"/chunked_edge/predictions": (Prediction, RELIABLE_QOS),
-                         "/chunked_cloud/model_updates": (ModelUpdate, UPDATE_QOS)})
+                         "/chunked_cloud/updates/chunked_edge": (ModelUpdate, UPDATE_QOS)})
     try:
         images = recorder.publisher(Image, "/chunked_edge/image", SENSOR_QOS)
         preds = recorder.received["/chunked_edge/predictions"]
@@ -232,7 +239,7 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
         recorder.close()
         for p in procs:
             p.stop()
-    sent = recorder.received["/chunked_cloud/model_updates"]
+    sent = recorder.received["/chunked_cloud/updates/chunked_edge"]
     first = [m for m in sent if m.version == 1]
     assert first and first[0].chunk_count > 1
     assert sorted(m.chunk_index for m in first) == list(range(first[0].chunk_count))

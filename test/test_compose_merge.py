@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from eclm_ros.core.compose import compose, integrate, module_weights, needs_recompose, new_modules, score_modules
-from eclm_ros.core.corruptions import corrupt
-from eclm_ros.core.data import load_fashion_mnist
-from eclm_ros.core.merge import average, merge_if_better
+from eclm_ros.core.compose import compose, integrate, module_weights, new_modules, score_modules
+from eclm_ros.core.merge import average
 from eclm_ros.core.models import Budget, ModularNet, SubModelSpec, build_submodel, spec_cost, submodel_module_state
-from eclm_ros.core.training import load_checkpoint
+from eclm_ros.sim.corruptions import corrupt
+from eclm_ros.sim.data import load_fashion_mnist
 
 X, Y = load_fashion_mnist("test")
 
@@ -37,18 +36,6 @@ def test_average_is_weighted_and_refuses_mismatch(cloud):
         average([a, b], [0, 0])
 
 
-def test_merge_that_hurts_the_holdout_is_refused(quick_cache):
-    good = load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
-    broken = copy.deepcopy(good)
-    with torch.no_grad():
-        broken.head.weight.normal_()
-    holdout = (X[:300], Y[:300])
-    result = merge_if_better(good, [broken.state_dict()], [1.0], None, holdout)
-    assert not result.accepted and "refused" in result.reason and result.after < result.before
-    accepted = merge_if_better(broken, [good.state_dict()], [1.0], None, holdout)
-    assert accepted.accepted and accepted.after > accepted.before
-
-
 def test_integration_changes_only_that_module(cloud):
     spec = SubModelSpec(((1,), (0,), (2,)))
     sub = build_submodel(cloud, spec)
@@ -66,11 +53,11 @@ def test_integration_changes_only_that_module(cloud):
         integrate(cloud, update, 1.5)
 
 
-def test_composition_respects_budget_and_follows_the_environment(quick_cache):
-    cloud = load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
+def test_composition_respects_budget_and_follows_the_environment(quick_model, to_tensor):
+    cloud = quick_model("cloud").model
     budget = Budget(max_macs=spec_cost(cloud, SubModelSpec(((0,), (0,), (0,))))[1])
     rng = np.random.default_rng(0)
-    envs = {name: np.stack([corrupt(i, name, 5, rng) for i in X[:128]]) for name in
+    envs = {name: to_tensor(np.stack([corrupt(i, name, 5, rng) for i in X[:128]])) for name in
             ("contrast", "gaussian_noise", "fog", "pixelate")}
     specs = {name: compose(cloud, budget, imgs) for name, imgs in envs.items()}
     for spec in specs.values():
@@ -78,7 +65,6 @@ def test_composition_respects_budget_and_follows_the_environment(quick_cache):
     scores = {name: score_modules(cloud, imgs) for name, imgs in envs.items()}
     assert all(len(row) == 3 for s in scores.values() for row in s)
     assert len(set(specs.values())) > 1  # different environments, different compositions
-    a, b = list(specs.values())[:2]
-    if needs_recompose(a, b):
-        missing = new_modules(a, b)
-        assert missing and set(module_weights(cloud, missing)) and all(m not in a.stages[s] for s, m in missing)
+    a, b = next((x, y) for x in specs.values() for y in specs.values() if x != y)
+    missing = new_modules(a, b)
+    assert missing and set(module_weights(cloud, missing)) and all(m not in a.stages[s] for s, m in missing)

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from eclm_ros.core.corruptions import CORRUPTIONS, UnknownCorruptionError, corrupt
-from eclm_ros.core.data import load_fashion_mnist
+from eclm_ros.sim.corruptions import CORRUPTIONS, UnknownCorruptionError, corrupt
+from eclm_ros.sim.data import load_fashion_mnist
 
 IMAGES = load_fashion_mnist("test")[0][:40]
 

@@ -1,56 +1,59 @@
+"""CEMA's distillation: it moves only the student's affine parameters, and it moves them towards the teacher.
+
+Asserted on what distillation optimises, agreement with the teacher on held-out frames of the same environment
+(the teacher held fixed), with a margin that held for quick models trained with three different seeds: never
+on one lucky accuracy figure (quick models' numerics differ from one CPU to the next). KL(teacher || student)
+is not asserted: the entropy term makes the student sharper than the teacher, and for one seed of three the
+held-out KL rose (0.066 -> 0.081) while agreement rose by 0.12."""
 import numpy as np
 import pytest
 import torch
 
-from eclm_ros.core.corruptions import corrupt
-from eclm_ros.core.data import load_fashion_mnist
 from eclm_ros.core.distill import DistillConfig, Distiller
-from eclm_ros.core.norm import affine_params, affine_state, load_affine, use_batch_stats
-from eclm_ros.core.preprocess import batch_to_tensor
+from eclm_ros.core.norm import affine_params, affine_state, use_batch_stats
 from eclm_ros.core.tensor_codec import pack
-from eclm_ros.core.training import load_checkpoint, load_edge_model
+from eclm_ros.sim.corruptions import corrupt
+from eclm_ros.sim.data import load_fashion_mnist
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def corrupted():
-    x, y = load_fashion_mnist("test")
+    x, _ = load_fashion_mnist("test")
     rng = np.random.default_rng(0)
-    imgs = np.stack([corrupt(i, "contrast", 5, rng) for i in x[:768]])
-    return imgs, y[:768]
+    return np.stack([corrupt(i, "contrast", 5, rng) for i in x[:768]])
 
 
-def _acc(model, imgs, labels):
-    with torch.no_grad():
-        return float((model(batch_to_tensor(imgs)).argmax(1).numpy() == labels).mean())
+@torch.no_grad()
+def _agreement(teacher, student, x) -> float:
+    return float((use_batch_stats(teacher)(x).argmax(1) == use_batch_stats(student)(x).argmax(1)).float().mean())
 
 
-def test_distillation_changes_only_affine_and_helps(quick_cache, corrupted):
+def test_distillation_changes_only_affine_and_moves_the_student_to_the_teacher(quick_model, to_tensor, corrupted):
     torch.manual_seed(0)
-    imgs, labels = corrupted
-    teacher = load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
-    student = load_edge_model(quick=True, cache_dir=quick_cache)
-    edge = use_batch_stats(load_edge_model(quick=True, cache_dir=quick_cache))
+    teacher, student = quick_model("cloud").model, quick_model("edge").model
     before_params = {k: v.clone() for k, v in student.named_parameters()}
-    before = _acc(edge, imgs[512:], labels[512:])
-    distiller = Distiller(teacher, student, 10, DistillConfig(replay_min=10_000), seed=0)
-    for epoch in range(4):
+    distiller = Distiller(teacher, student, 10, to_tensor, DistillConfig(replay_min=10_000, adapt_teacher=False),
+                          seed=0)
+    held_out = to_tensor(corrupted[512:])
+    agree_before = _agreement(distiller.teacher, distiller.student, held_out)
+    for _ in range(4):
         for i in range(0, 512, 64):
-            distiller.add(imgs[i:i + 64])
+            distiller.add(corrupted[i:i + 64])
             state = distiller.step()
     changed = {k for k, v in student.named_parameters() if not torch.equal(before_params[k], v)}
     assert changed and changed <= set(affine_params(student))
-    load_affine(edge, state)
-    assert _acc(edge, imgs[512:], labels[512:]) > before  # held-out corrupted frames
+    assert set(state) == set(affine_params(student))
+    agree_after = _agreement(distiller.teacher, distiller.student, held_out)
+    assert agree_after > agree_before + 0.05, (agree_before, agree_after)  # measured +0.12 to +0.24, seeds 0-2
 
 
-def test_update_payload_is_tiny(quick_cache):
-    edge = load_edge_model(quick=True, cache_dir=quick_cache)
+def test_update_payload_is_tiny(quick_model):
+    edge = quick_model("edge").model
     update = pack(affine_state(edge), encoding="fp16").wire_size
     full = pack(edge.state_dict()).wire_size
     assert update < 0.1 * full
 
 
-def test_no_data_no_update(quick_cache):
-    d = Distiller(load_checkpoint("cloud", quick=True, cache_dir=quick_cache),
-                  load_edge_model(quick=True, cache_dir=quick_cache), 10)
+def test_no_data_no_update(quick_model, to_tensor):
+    d = Distiller(quick_model("cloud").model, quick_model("edge").model, 10, to_tensor)
     assert d.step() is None

@@ -14,7 +14,7 @@ from eclm_ros.core.models import ModularNet, SubModelSpec, build_submodel
 from eclm_ros.core.norm import affine_state
 from eclm_ros.core.onnx_export import ExportError, export_adaptive
 from eclm_ros.core.selection import Selector, entropy, entropy_one
-from eclm_ros.core.training import load_checkpoint, load_edge_model
+from eclm_ros.core import checkpoint
 
 TOL = 1e-4
 RUNTIMES = {"onnx": OrtEdgeRuntime, "torch": TorchEdgeRuntime}
@@ -22,12 +22,12 @@ RUNTIMES = {"onnx": OrtEdgeRuntime, "torch": TorchEdgeRuntime}
 
 @pytest.fixture(scope="module")
 def edge_model(quick_cache):
-    return load_edge_model(quick=True, cache_dir=quick_cache)
+    return checkpoint.load(checkpoint.default_path("edge", True, quick_cache)).model
 
 
 @pytest.fixture(scope="module")
 def cloud(quick_cache):
-    return load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
+    return checkpoint.load(checkpoint.default_path("cloud", True, quick_cache)).model
 
 
 def _frames(n: int, seed: int = 0, shift: float = 0.0) -> np.ndarray:

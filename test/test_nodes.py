@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import yaml
 
-from node_processes import NodeProcess, Recorder, ros_available, wait_for
+from node_processes import NodeProcess, Recorder, diagnostic_values, model_params, ros_available, wait_for
 
-from eclm_ros.launcher import node_executable
+from eclm_ros.ros.launcher import node_executable
 
 pytestmark = pytest.mark.skipif(ros_available() is not None, reason=str(ros_available()))
 
@@ -26,12 +26,11 @@ class System:
         self.tmp, self.cache = tmp, cache
         save_key_pair(generate_key(), tmp / "cloud.pem", tmp / "cloud.pub")
         self.procs: list[NodeProcess] = []
-        common = {"quick_models": True, "model_cache": str(cache)}
         self.params = {
-            "cloud_coordinator": {**common, "private_key": str(tmp / "cloud.pem"), "state_dir": str(tmp / "state"),
-                                  "save_period_s": 1.0},
-            "edge_learner": {**common, "cloud_public_key": str(tmp / "cloud.pub"), "upload_batch": 8,
-                             "upload_ratio": 0.3, "register_period_s": 2.0},
+            "cloud_coordinator": {**model_params(cache, "cloud_coordinator"), "private_key": str(tmp / "cloud.pem"),
+                                  "state_dir": str(tmp / "state"), "save_period_s": 1.0},
+            "edge_learner": {**model_params(cache, "edge_learner"), "cloud_public_key": str(tmp / "cloud.pub"),
+                             "upload_batch": 8, "upload_ratio": 0.3, "register_period_s": 2.0},
             "camera_stream": {"schedule": SCHEDULE, "seed": 3, "rate_hz": 40.0},
             "bandwidth_monitor": {"probe_period_s": 0.5},
         }
@@ -69,7 +68,7 @@ def _listener():
     from diagnostic_msgs.msg import DiagnosticArray
 
     from eclm_ros.msg import GroundTruth, Prediction
-    from eclm_ros.ros_io import RELIABLE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS
 
     return Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
                      "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
@@ -77,22 +76,16 @@ def _listener():
 
 
 def _edge_values(listener) -> dict[str, str]:
-    for arr in reversed(listener.received["/diagnostics"]):
-        for status in arr.status:
-            if "edge_learner" in status.name:
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return diagnostic_values(listener.received["/diagnostics"], "edge_learner")
 
 
 def _stamp(header) -> tuple[int, int]:
     return header.stamp.sec, header.stamp.nanosec
 
 
-def test_loop_closes_and_beats_the_source_model(system, quick_cache):
-    from eclm_ros.core.data import load_fashion_mnist
-    from eclm_ros.core.preprocess import batch_to_tensor
-    from eclm_ros.core.training import load_edge_model
-    from eclm_ros.core.world import WorldStream, parse_schedule
+def test_loop_closes_and_beats_the_source_model(system, quick_model, to_tensor):
+    from eclm_ros.sim.data import load_fashion_mnist
+    from eclm_ros.sim.world import WorldStream, parse_schedule
 
     listener = _listener()
     try:
@@ -110,11 +103,11 @@ def test_loop_closes_and_beats_the_source_model(system, quick_cache):
     stream = WorldStream(x, y, parse_schedule(SCHEDULE), seed=3)
     frames = np.stack([stream.frame(t.frame_index)[0].image for t, _ in adapted])
     assert all(t.class_id == stream.frame(t.frame_index)[1].label for t, _ in adapted[:20])
-    source = load_edge_model(quick=True, cache_dir=quick_cache)
+    source = quick_model("edge").model
     import torch
 
     with torch.no_grad():
-        source_pred = source(batch_to_tensor(frames)).argmax(1).numpy()
+        source_pred = source(to_tensor(frames)).argmax(1).numpy()
     labels = np.array([t.class_id for t, _ in adapted])
     edge_acc = float(np.mean([p.class_id == t.class_id for t, p in adapted]))
     source_acc = float(np.mean(source_pred == labels))
@@ -130,7 +123,7 @@ def _image(data: bytes, step: int = 28, encoding: str = "mono8"):
 def _camera(listener, seed: int = 0):
     """A publisher of random 28x28 mono8 frames on /robot1/image and ``feed(n)``, which sends n of them (and
     returns True, to sit inside a wait_for condition)."""
-    from eclm_ros.ros_io import SENSOR_QOS
+    from eclm_ros.ros.ros_io import SENSOR_QOS
 
     images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
     rng = np.random.default_rng(seed)
@@ -147,10 +140,11 @@ def _camera(listener, seed: int = 0):
 def _signed_update(key, version: int, base: int, kind: int, tensors: dict, spec: str = "{}",
                    target: str = "robot1"):
     """A ModelUpdate as the cloud would publish it, signed with ``key``."""
+    from eclm_ros.core.messages import UpdateHeader
     from eclm_ros.core.tensor_codec import pack
-    from eclm_ros.core.updates import UpdateHeader, signature_for
+    from eclm_ros.core.updates import signature_for
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import bundle_to_msg
+    from eclm_ros.ros.ros_io import bundle_to_msg
 
     bundle = pack(tensors)
     header = UpdateHeader(target, uuid.uuid4().hex, version, base, kind, spec)
@@ -163,17 +157,17 @@ def _signed_update(key, version: int, base: int, kind: int, tensors: dict, spec:
 
 
 def test_bad_input_is_refused_and_serving_goes_on(system):
+    from eclm_ros.core.messages import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.core.signing import generate_key, load_private_key
-    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import UPDATE_QOS
+    from eclm_ros.ros.ros_io import UPDATE_QOS
 
     listener = _listener()
     try:
         system.start("cloud_coordinator", "/eclm")
         system.start("edge_learner", "/robot1")
         images, feed = _camera(listener)
-        updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
+        updates = listener.publisher(ModelUpdate, "/eclm/updates/robot1", UPDATE_QOS)
         preds = listener.received["/robot1/predictions"]
 
         def version() -> int:
@@ -192,11 +186,13 @@ def test_bad_input_is_refused_and_serving_goes_on(system):
                 msg.bundle.payload = bytes(reversed(bytes(msg.bundle.payload)))
             return msg
 
-        updates.publish(update(current + 1, current, KIND_NORM_AFFINE, corrupt=True))  # payload altered in transit
-        updates.publish(update(current, current - 1, KIND_NORM_AFFINE))  # stale
-        updates.publish(update(current + 50, 0, KIND_FULL, key=generate_key()))  # forged: another key
-        updates.publish(update(current + 1, current, KIND_NORM_AFFINE))  # signed, but for another structure
-        updates.publish(update(current + 1, current, KIND_NORM_AFFINE, target="robot9"))  # someone else's
+        for bad in (update(current + 1, current, KIND_NORM_AFFINE, corrupt=True),  # payload altered in transit
+                    update(current, current - 1, KIND_NORM_AFFINE),  # stale
+                    update(current + 50, 0, KIND_FULL, key=generate_key()),  # forged: another key
+                    update(current + 1, current, KIND_NORM_AFFINE),  # signed, but for another structure
+                    update(current + 1, current, KIND_NORM_AFFINE, target="robot9")):  # someone else's
+            updates.publish(bad)
+            time.sleep(0.3)  # a keep-last history of 4 would overwrite an update not yet delivered
         before = len(preds)
 
         def counted():
@@ -238,21 +234,19 @@ def test_edge_survives_cloud_death_and_resyncs(system):
         listener.close()
 
 
-def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_cache):
+def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_model):
     import json
 
     from eclm_ros.core.models import spec_cost
-    from eclm_ros.core.training import load_checkpoint
     from eclm_ros.msg import DeviceProfile, EdgeStatus
-    from eclm_ros.ros_io import RELIABLE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS
     from eclm_ros.srv import ReassembleSubmodel
 
     listener = Recorder({"/eclm/edge_status": (EdgeStatus, RELIABLE_QOS)})
     try:
         system.start("cloud_coordinator", "/eclm")
         system.start("edge_learner", "/robot1")
-        system.params["edge_learner"]["edge_id"] = "robot2"
-        system.start("edge_learner", "/robot2")
+        system.start("edge_learner", "/robot2")  # its edge id follows its namespace
         statuses = listener.received["/eclm/edge_status"]
 
         def latest(edge: str):
@@ -260,7 +254,7 @@ def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_ca
 
         wait_for(lambda: all(latest(e) and latest(e).model_version >= 1 for e in ("robot1", "robot2")), 90,
                  "both edges registered and serving the cloud's sub-model")
-        cloud = load_checkpoint("cloud", quick=True, cache_dir=quick_cache)
+        cloud = quick_model("cloud").model
         whole = spec_cost(cloud, cloud.spec)[1]
         client = listener.node.create_client(ReassembleSubmodel, "/eclm/reassemble_submodel")
         assert client.wait_for_service(timeout_sec=20)
@@ -271,7 +265,7 @@ def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_ca
             return wait_for(lambda: future.done() and future.result(), 60, "the re-assembly answer")
 
         def modules(edge: str) -> list[int]:
-            return [len(m) for m in json.loads(latest(edge).submodel_spec)["module_ids"]]
+            return [len(m) for m in json.loads(latest(edge).submodel_spec)["config"]["module_ids"]]
 
         default = modules("robot2")
         refused = call(max_params=10)
@@ -286,11 +280,7 @@ def test_one_cloud_serves_many_edges_and_reassembles_on_request(system, quick_ca
 
 
 def _values(listener, node: str) -> dict[str, str]:
-    for arr in reversed(listener.received["/diagnostics"]):
-        for status in arr.status:
-            if node in status.name:
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return diagnostic_values(listener.received["/diagnostics"], node)
 
 
 def test_trainable_edge_adapts_itself_and_the_cloud_integrates_its_modules(system):
@@ -316,7 +306,7 @@ def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
     from eclm_ros.core.signing import SCHEME, generate_key, load_private_key, save_key_pair, sign, upload_bytes
     from eclm_ros.core.tensor_codec import pack
     from eclm_ros.msg import EncodedFrame, LearnedModules, SampleBatch
-    from eclm_ros.ros_io import RELIABLE_QOS, bundle_to_msg
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, bundle_to_msg
 
     keys = system.tmp / "edge_keys"
     keys.mkdir()
@@ -340,6 +330,7 @@ def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
         def batch(key=None, alter=False) -> SampleBatch:
             msg = SampleBatch(edge_id="robot1", batch_seq=10**6, model_version=1, encoding="png", num_classes=10)
             msg.frames = [EncodedFrame(width=28, height=28, channels=1, data=b) for b in blobs]
+            msg.predicted_class, msg.entropy, msg.probabilities = [0] * 4, [0.5] * 4, [0.1] * 40
             if key is not None:
                 msg.signature_scheme = SCHEME
                 msg.signature = sign(key, upload_bytes("samples", "robot1", [10**6, 1, "png"], blobs))
@@ -368,7 +359,7 @@ def test_updates_shrink_to_int8_when_the_link_collapses_and_recover(system):
     """The cloud sizes each edge's updates to its measured downlink: int8 on a collapsing link (still applied by
     the edge), back to the configured fp16 when the link recovers."""
     from eclm_ros.msg import BandwidthEstimate
-    from eclm_ros.ros_io import RELIABLE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS
 
     listener = _listener()
     try:
@@ -395,26 +386,25 @@ def test_updates_shrink_to_int8_when_the_link_collapses_and_recover(system):
         listener.close()
 
 
-def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_cache):
+def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_model):
     """A full update is built off the inference path; affine updates based on it that arrive meanwhile are
     parked and applied in order once it serves, not refused as based on a version the edge does not serve yet."""
+    from eclm_ros.core.messages import KIND_FULL, KIND_NORM_AFFINE
     from eclm_ros.core.norm import affine_state
     from eclm_ros.core.signing import load_private_key
-    from eclm_ros.core.strategies import spec_json
-    from eclm_ros.core.training import load_checkpoint, load_edge_model
-    from eclm_ros.core.updates import KIND_FULL, KIND_NORM_AFFINE
+    from eclm_ros.core.strategies.distil import spec_json
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import UPDATE_QOS
+    from eclm_ros.ros.ros_io import UPDATE_QOS
 
-    edge = load_edge_model(True, quick_cache)
-    spec = spec_json(load_checkpoint("cloud", quick=True, cache_dir=quick_cache), edge.spec)
+    edge = quick_model("edge").model
+    spec = spec_json(quick_model("cloud").model, edge.spec)
     key = load_private_key(system.tmp / "cloud.pem")
     shifted = {k: v + 0.01 for k, v in affine_state(edge).items()}
     listener = _listener()
     try:
         system.start("edge_learner", "/robot1")  # no cloud: these updates are the only ones
         _, feed = _camera(listener)
-        updates = listener.publisher(ModelUpdate, "/eclm/model_updates", UPDATE_QOS)
+        updates = listener.publisher(ModelUpdate, "/eclm/updates/robot1", UPDATE_QOS)
         preds = listener.received["/robot1/predictions"]
 
         wait_for(lambda: feed() and preds and updates.get_subscription_count() >= 1, 60, "the edge serving")

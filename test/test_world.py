@@ -3,8 +3,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from eclm_ros.core.data import load_fashion_mnist
-from eclm_ros.core.world import (Schedule, ScheduleError, Segment, WorldStream, default_schedule,
+from eclm_ros.sim.data import load_fashion_mnist
+from eclm_ros.sim.world import (Schedule, ScheduleError, Segment, WorldStream, default_schedule,
                                  parse_schedule, recurring_schedule)
 
 X, Y = load_fashion_mnist("test")

@@ -13,17 +13,17 @@ from typing import Mapping
 
 import numpy as np
 import torch
-from .models import (Budget, ModularNet, SpecError, SubModelSpec, derive_spec, load_module_state,
-                     module_key, submodel_module_state, with_shared_parts)
-from .norm import affine_state, load_affine, use_batch_stats
-from .preprocess import batch_to_tensor
+
+from .models import (Budget, ModularNet, SpecError, SubModelSpec, build_submodel, derive_spec, load_module_state,
+                     module_key, module_tensors, submodel_module_state, with_shared_parts)
+from .norm import affine_state, load_affine, recalibrate, use_batch_stats
 
 
 @torch.no_grad()
-def score_modules(cloud: ModularNet, images: np.ndarray) -> list[list[float]]:
-    """Per stage, per module: mean probability the single-module network gives the full model's class."""
+def score_modules(cloud: ModularNet, x: torch.Tensor) -> list[list[float]]:
+    """Per stage, per module: mean probability the single-module network gives the full model's class on
+    recent model inputs ``x``."""
     model = use_batch_stats(copy.deepcopy(cloud))  # shifted frames: normalise with their own statistics
-    x = batch_to_tensor(images)
     model.set_active(None)
     target = model(x).argmax(1)
     scores = []
@@ -40,20 +40,22 @@ def score_modules(cloud: ModularNet, images: np.ndarray) -> list[list[float]]:
     return scores
 
 
-def compose(cloud: ModularNet, budget: Budget, recent_images: np.ndarray | None) -> SubModelSpec:
-    """The sub-model for a device's budget and the environment its recent uploads show."""
-    scores = score_modules(cloud, recent_images) if recent_images is not None and len(recent_images) > 1 else None
+def compose(cloud: ModularNet, budget: Budget, recent: torch.Tensor | None) -> SubModelSpec:
+    """The sub-model for a device's budget and the environment its recent uploads (model inputs) show."""
+    scores = score_modules(cloud, recent) if recent is not None and len(recent) > 1 else None
     return derive_spec(cloud, budget, scores)
+
+
+def calibrated_submodel(cloud: ModularNet, spec: SubModelSpec, calibration: torch.Tensor) -> ModularNet:
+    """A sub-model ready to serve: modules copied from the cloud model, BatchNorm statistics re-estimated on
+    clean calibration inputs (the checkpoint's)."""
+    return recalibrate(build_submodel(cloud, spec), calibration)
 
 
 def spec_score(scores: list[list[float]], cloud: ModularNet, spec: SubModelSpec) -> float:
     """Mean module score of a composition (how well its modules agree with the full model on recent frames)."""
     values = [scores[s][cloud.stages[s].module_ids.index(m)] for s, ids in enumerate(spec.stages) for m in ids]
     return float(np.mean(values))
-
-
-def needs_recompose(current: SubModelSpec, proposed: SubModelSpec) -> bool:
-    return current != proposed
 
 
 def new_modules(current: SubModelSpec, proposed: SubModelSpec) -> list[tuple[int, int]]:
@@ -67,11 +69,7 @@ def integrate(cloud: ModularNet, module_state: Mapping[str, torch.Tensor], weigh
     Only the modules named in ``module_state`` change; returns their keys."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"integration weight must be in [0, 1], got {weight}")
-    current = {}
-    for s, stage in enumerate(cloud.stages):
-        for block, mid in zip(stage.blocks, stage.module_ids):
-            for name, value in block.state_dict().items():
-                current[f"{module_key(s, mid)}.{name}"] = value
+    current = module_tensors(cloud)
     blended = {k: ((1 - weight) * current[k] + weight * v.to(current[k].dtype)) if v.is_floating_point() else v
                for k, v in module_state.items() if k in current}
     if len(blended) != len(module_state):
@@ -82,13 +80,8 @@ def integrate(cloud: ModularNet, module_state: Mapping[str, torch.Tensor], weigh
 
 def module_weights(model: ModularNet, modules: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
     """The weights of the given (stage, module id) of a cloud model, keyed by cloud module ids."""
-    out = {}
-    for s, mid in modules:
-        stage = model.stages[s]
-        block = stage.blocks[stage.module_ids.index(mid)]
-        for name, value in block.state_dict().items():
-            out[f"{module_key(s, mid)}.{name}"] = value.detach().clone()
-    return out
+    wanted = {module_key(s, mid) for s, mid in modules}
+    return {k: v.detach().clone() for k, v in module_tensors(model).items() if k.split(".body.", 1)[0] in wanted}
 
 
 def keep_shared_affine(target: ModularNet, learned: Mapping[str, torch.Tensor]) -> None:

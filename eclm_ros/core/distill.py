@@ -12,6 +12,8 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from typing import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -19,7 +21,6 @@ from torch import nn
 
 from .adapt.tent import collect_params, configure_model, softmax_entropy
 from .norm import affine_state
-from .preprocess import batch_to_tensor
 
 
 @dataclass(frozen=True)
@@ -67,11 +68,14 @@ def confidence_weights(entropy: torch.Tensor, e_max: float) -> torch.Tensor:
 
 
 class Distiller:
-    """One edge's teacher-student pair on the cloud."""
+    """One edge's teacher-student pair on the cloud. ``to_tensor`` turns uploaded uint8 views into model input
+    (the replay buffer keeps the compact views)."""
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
-                 config: DistillConfig = DistillConfig(), seed: int = 0) -> None:
+                 to_tensor: Callable[[np.ndarray], torch.Tensor], config: DistillConfig = DistillConfig(),
+                 seed: int = 0) -> None:
         self.cfg = config
+        self.to_tensor = to_tensor
         self.teacher = configure_model(teacher)
         self.student = configure_model(student)
         self.e_max = config.e_max_factor * math.log(num_classes)
@@ -111,7 +115,7 @@ class Distiller:
         images = self._batch()
         if images is None or len(images) < 2:
             return None
-        x = batch_to_tensor(images)
+        x = self.to_tensor(images)
         t_logits = self.teacher(x)
         if self.cfg.adapt_teacher:
             ent = softmax_entropy(t_logits)

@@ -22,7 +22,6 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from .models import INPUT_SHAPE
 from .norm import EMA_MOMENTUM, affine_state, check_affine, load_affine, use_ema_stats
 from .onnx_export import AdaptiveGraph, Layout, export_adaptive, load_state_vectors, state_vectors, structure_key
 
@@ -84,7 +83,7 @@ class TorchEdgeRuntime(_Swapper):
 
     @torch.no_grad()
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities [N,C] for model input float32 [N,1,28,28]."""
+        """Class probabilities [N,classes] for model input float32 [N,C,H,W]."""
         with self._lock:
             return self.model(torch.from_numpy(x)).softmax(1).numpy()
 
@@ -165,12 +164,13 @@ class OrtEdgeRuntime(_Swapper):
     graph), a fraction of the per-frame cost, affine updates without a rebuild."""
 
     def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1,
-                 cache_size: int = 4) -> None:
+                 cache_size: int = 4, input_shape: tuple[int, ...] | None = None) -> None:
         super().__init__()
         self.bn_momentum = bn_momentum
         self.options = session_options(threads)
         self._lock = threading.Lock()
-        self._x = np.zeros(INPUT_SHAPE, np.float32)
+        self.input_shape = tuple(input_shape or model.input_shape)
+        self._x = np.zeros(self.input_shape, np.float32)
         self._graphs: OrderedDict[str, AdaptiveGraph] = OrderedDict()  # structure -> exported template
         self._cache_size = cache_size
         model = _load_state(model, None)
@@ -179,10 +179,10 @@ class OrtEdgeRuntime(_Swapper):
 
     def _graph_bytes(self, model: nn.Module) -> tuple[bytes, Layout]:
         """Export once per structure; a model of a known structure only patches its weights into the graph."""
-        key = structure_key(model, self.bn_momentum)
+        key = structure_key(model, self.bn_momentum, self.input_shape)
         graph = self._graphs.get(key) if key is not None else None
         if graph is None:
-            graph = export_adaptive(model, self.bn_momentum)
+            graph = export_adaptive(model, self.bn_momentum, self.input_shape)
             if key is not None:
                 self._graphs[key] = graph
                 while len(self._graphs) > self._cache_size:
@@ -204,7 +204,8 @@ class OrtEdgeRuntime(_Swapper):
         return self._mirror
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        """Class probabilities [N,C] for model input float32 [N,1,28,28]; one frame runs on the bound buffers."""
+        """Class probabilities [N,classes] for model input float32 [N,C,H,W]; one frame runs on the bound
+        buffers."""
         with self._lock:
             if x.shape == self._x.shape:
                 np.copyto(self._x, x)
@@ -241,10 +242,11 @@ class OrtEdgeRuntime(_Swapper):
             self._current, self._mirror = session, model
 
 
-def make_runtime(kind: str, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1):
+def make_runtime(kind: str, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1,
+                 input_shape: tuple[int, ...] | None = None):
     """``onnx`` (ONNX Runtime, forward-only devices) or ``torch``."""
     if kind == "onnx":
-        return OrtEdgeRuntime(model, bn_momentum, threads)
+        return OrtEdgeRuntime(model, bn_momentum, threads, input_shape=input_shape)
     if kind == "torch":
         return TorchEdgeRuntime(model, bn_momentum)
     raise ValueError(f"unknown edge runtime {kind!r} (onnx, torch)")

@@ -3,8 +3,6 @@ held-out check shows the merge helps. ECAvg's own results show averaging can hur
 so a merge that does not beat the current model on held-out frames is refused with the reason."""
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -12,16 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .preprocess import batch_to_tensor
-
-
-@dataclass
-class MergeResult:
-    accepted: bool
-    reason: str
-    before: float
-    after: float
-    state: dict[str, torch.Tensor] | None
 
 
 def average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float]) -> dict[str, torch.Tensor]:
@@ -45,14 +33,14 @@ def average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[floa
 
 
 @torch.no_grad()
-def holdout_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray) -> float:
-    """Accuracy on held-out frames; labels may be the cloud teacher's pseudo-labels (uploads carry none)."""
+def holdout_accuracy(model: nn.Module, x: torch.Tensor, labels: np.ndarray) -> float:
+    """Accuracy on held-out model inputs; labels may be the cloud teacher's pseudo-labels (uploads carry none)."""
     model.eval()
-    return float((model(batch_to_tensor(images)).argmax(1).numpy() == labels).mean())
+    return float((model(x).argmax(1).numpy() == labels).mean())
 
 
 @torch.enable_grad()
-def finetune(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: int = 10, lr: float = 1e-3,
+def finetune(model: nn.Module, x: torch.Tensor, labels: np.ndarray, steps: int = 10, lr: float = 1e-3,
              batch_size: int = 64, seed: int = 0) -> nn.Module:
     """A few SGD steps of cross-entropy on (pseudo-)labelled uploads, all parameters (ECAvg's cloud step)."""
     model.train()
@@ -60,25 +48,9 @@ def finetune(model: nn.Module, images: np.ndarray, labels: np.ndarray, steps: in
     rng = np.random.default_rng(seed)
     y_all = torch.from_numpy(np.asarray(labels, dtype=np.int64))
     for _ in range(steps):
-        idx = rng.choice(len(images), size=min(batch_size, len(images)), replace=False)
-        loss = F.cross_entropy(model(batch_to_tensor(images[idx])), y_all[idx])
+        idx = torch.from_numpy(rng.choice(len(x), size=min(batch_size, len(x)), replace=False))
+        loss = F.cross_entropy(model(x[idx]), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return model.eval()
-
-
-def merge_if_better(current: nn.Module, edge_states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[float],
-                    finetune_data: tuple[np.ndarray, np.ndarray] | None,
-                    holdout: tuple[np.ndarray, np.ndarray], min_gain: float = 0.0) -> MergeResult:
-    """Average, fine-tune, and accept only if held-out accuracy beats ``current`` by more than ``min_gain``."""
-    before = holdout_accuracy(current, *holdout)
-    merged = copy.deepcopy(current)
-    merged.load_state_dict(average(edge_states, weights))
-    if finetune_data is not None and len(finetune_data[0]):
-        finetune(merged, *finetune_data)
-    after = holdout_accuracy(merged, *holdout)
-    if after > before + min_gain:
-        return MergeResult(True, f"held-out accuracy {before:.3f} -> {after:.3f}", before, after, merged.state_dict())
-    return MergeResult(False, f"refused: the merge would not help on held-out frames ({before:.3f} -> {after:.3f})",
-                       before, after, None)

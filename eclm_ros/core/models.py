@@ -4,7 +4,7 @@ ECLM decomposes the cloud model into combinable modules. Here each stage holds s
 modules whose outputs are averaged into the residual stream, so *any* non-empty subset of a stage's modules
 is a working network: a sub-model is a choice of modules per stage, picked for a device's compute budget and
 for the environment it currently sees. Training with random subsets (``training.py``) keeps every choice
-accurate; a sub-model only needs its BatchNorm statistics re-estimated (``recalibrate_bn``).
+accurate; a sub-model only needs its BatchNorm statistics re-estimated (``norm.recalibrate``).
 """
 from __future__ import annotations
 
@@ -12,14 +12,52 @@ import itertools
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-NUM_CLASSES = 10
-INPUT_SHAPE = (1, 1, 28, 28)
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str):
+    """Class decorator: the model becomes buildable by name from its config (``create_model``), as in timm."""
+    def wrap(cls):
+        cls.arch_name = name
+        _REGISTRY[name] = cls
+        return cls
+    return wrap
+
+
+def create_model(name: str, **config: Any) -> nn.Module:
+    """A (untrained) model of a registered architecture."""
+    if name not in _REGISTRY:
+        raise SpecError(f"unknown architecture {name!r}; known: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return _REGISTRY[name](**config)
+    except (TypeError, ValueError, IndexError) as exc:
+        raise SpecError(f"cannot build {name} from {config}: {exc}") from exc
+
+
+def architecture(model: nn.Module) -> dict[str, Any]:
+    """``{"name", "config"}`` that rebuilds ``model``'s structure (the description's ``architecture``)."""
+    name = getattr(model, "arch_name", None)
+    if name is None:
+        raise SpecError(f"{type(model).__name__} is not a registered architecture")
+    return {"name": name, "config": model.config()}
+
+
+def model_from_architecture(arch: dict[str, Any] | str) -> nn.Module:
+    """Build the structure an architecture dict (or its JSON, as updates carry it) names; SpecError if none."""
+    try:
+        arch = json.loads(arch) if isinstance(arch, str) else arch
+        name, config = arch["name"], arch["config"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SpecError(f"not an architecture: {str(arch)[:80]!r} ({exc})") from exc
+    if not isinstance(config, dict):
+        raise SpecError(f"architecture config must be an object, got {type(config).__name__}")
+    return create_model(name, **config)
 
 
 class BudgetError(ValueError):
@@ -99,17 +137,43 @@ class Stage(nn.Module):
         return torch.relu(x + branch)
 
 
-class ModularNet(nn.Module):
+class _SizedModel(nn.Module):
+    """A registered model that knows the input it was designed for (channels, size): MACs depend on it."""
+
+    in_channels: int
+    input_size: tuple[int, int]
+
+    def _set_input(self, in_channels: int, input_size: Sequence[int], num_classes: int) -> None:
+        if in_channels not in (1, 3) or len(input_size) != 2 or min(input_size) < 1 or num_classes < 2:
+            raise ValueError(f"in_channels 1 or 3, input_size [h, w] and >= 2 classes, got {in_channels}, "
+                             f"{list(input_size)}, {num_classes}")
+        self.in_channels, self.input_size, self.num_classes = int(in_channels), tuple(int(v) for v in input_size), \
+            int(num_classes)
+
+    def _input_config(self) -> dict:
+        return {"num_classes": self.num_classes, "in_channels": self.in_channels, "input_size": list(self.input_size)}
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.in_channels, *self.input_size)
+
+
+@register_model("modular_net")
+class ModularNet(_SizedModel):
     """Stem, stages of combinable modules, head. ``module_ids`` per stage name the cloud modules it holds."""
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64), modules_per_stage: int = 4,
-                 module_ids: Sequence[Sequence[int]] | None = None, num_classes: int = NUM_CLASSES) -> None:
+                 module_ids: Sequence[Sequence[int]] | None = None, num_classes: int = 10, in_channels: int = 1,
+                 input_size: Sequence[int] = (28, 28)) -> None:
         super().__init__()
+        self._set_input(in_channels, input_size, num_classes)
         if module_ids is None:
             module_ids = [list(range(modules_per_stage)) for _ in widths]
+        if len(module_ids) != len(widths):
+            raise ValueError(f"{len(module_ids)} stages of module ids for {len(widths)} widths")
         self.widths = tuple(widths)
         self.modules_per_stage = modules_per_stage
-        self.stem = _conv_bn(1, widths[0], 1)
+        self.stem = _conv_bn(in_channels, widths[0], 1)
         self.stages = nn.ModuleList(
             Stage(widths[max(i - 1, 0)], w, 1 if i == 0 else 2, module_ids[i]) for i, w in enumerate(widths))
         self.head = nn.Linear(widths[-1], num_classes)
@@ -121,7 +185,7 @@ class ModularNet(nn.Module):
     def config(self) -> dict:
         """Constructor arguments that rebuild this structure (saved with checkpoints)."""
         return {"widths": list(self.widths), "modules_per_stage": self.modules_per_stage,
-                "module_ids": [list(s.module_ids) for s in self.stages]}
+                "module_ids": [list(s.module_ids) for s in self.stages], **self._input_config()}
 
     def set_active(self, spec: SubModelSpec | None) -> None:
         """Run only ``spec``'s modules (training with random subsets); None runs all."""
@@ -138,12 +202,15 @@ class ModularNet(nn.Module):
         return self.head(self.features(x))
 
 
-class SmallCNN(nn.Module):
+@register_model("small_cnn")
+class SmallCNN(_SizedModel):
     """A fixed small edge model trained on its own: the baseline a composed sub-model must beat."""
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64), num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1,
+                 input_size: Sequence[int] = (28, 28)) -> None:
         super().__init__()
-        layers, cin = [], 1
+        self._set_input(in_channels, input_size, num_classes)
+        layers, cin = [], in_channels
         for i, w in enumerate(widths):
             layers += [_conv_bn(cin, w, 1 if i == 0 else 2), _conv_bn(w, w, 1)]
             cin = w
@@ -152,7 +219,7 @@ class SmallCNN(nn.Module):
         self.widths = tuple(widths)
 
     def config(self) -> dict:
-        return {"widths": list(self.widths)}
+        return {"widths": list(self.widths), **self._input_config()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features_(x), 1), 1))
@@ -162,8 +229,10 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> int:
-    """Multiply-accumulates of one forward pass, counted on the real layers with hooks."""
+def count_macs(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> int:
+    """Multiply-accumulates of one forward pass, counted on the real layers with hooks (on the model's own
+    input shape unless one is given)."""
+    input_shape = input_shape or model.input_shape
     total = 0
 
     def conv_hook(m: nn.Conv2d, _inp, out):
@@ -189,8 +258,7 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> 
 def with_shared_parts(model: ModularNet, spec: SubModelSpec) -> ModularNet:
     """A model of structure ``spec`` whose stem, transitions and head (the parts every composition shares) are
     copied from ``model``; its modules are still to be filled."""
-    new = ModularNet(model.widths, model.modules_per_stage, [list(s) for s in spec.stages],
-                     num_classes=model.head.out_features)
+    new = ModularNet(**{**model.config(), "module_ids": [list(s) for s in spec.stages]})
     new.stem.load_state_dict(model.stem.state_dict())
     new.head.load_state_dict(model.head.state_dict())
     for new_stage, old_stage in zip(new.stages, model.stages):
@@ -220,14 +288,17 @@ def module_key(stage: int, module_id: int) -> str:
     return f"stages.{stage}.module{module_id}"
 
 
+def module_tensors(model: ModularNet) -> dict[str, torch.Tensor]:
+    """The live module tensors of a cloud model or sub-model, keyed by *cloud* module id
+    ("stages.1.module3.body.0.weight"): the one place that maps blocks to cloud module ids."""
+    return {f"{module_key(s, mid)}.{name}": value
+            for s, stage in enumerate(model.stages) for block, mid in zip(stage.blocks, stage.module_ids)
+            for name, value in block.state_dict().items()}
+
+
 def submodel_module_state(sub: ModularNet) -> dict[str, torch.Tensor]:
-    """The sub-model's module weights keyed by *cloud* module ids ("stages.1.module3.body.0.weight")."""
-    out = {}
-    for s, stage in enumerate(sub.stages):
-        for block, mid in zip(stage.blocks, stage.module_ids):
-            for name, value in block.state_dict().items():
-                out[f"{module_key(s, mid)}.{name}"] = value.detach().clone()
-    return out
+    """A copy of the sub-model's module weights keyed by cloud module ids."""
+    return {k: v.detach().clone() for k, v in module_tensors(sub).items()}
 
 
 def load_module_state(model: ModularNet, state: dict[str, torch.Tensor]) -> list[str]:
@@ -235,11 +306,7 @@ def load_module_state(model: ModularNet, state: dict[str, torch.Tensor]) -> list
 
     Returns the module keys that changed, so integration can report exactly what it touched.
     """
-    targets: dict[str, torch.Tensor] = {}
-    for s, stage in enumerate(model.stages):
-        for block, mid in zip(stage.blocks, stage.module_ids):
-            for name, value in block.state_dict().items():
-                targets[f"{module_key(s, mid)}.{name}"] = value
+    targets = module_tensors(model)
     unknown = sorted(set(state) - set(targets))
     if unknown:
         raise SpecError(f"module state names unknown to this model: {unknown[:5]}")
@@ -254,40 +321,24 @@ def load_module_state(model: ModularNet, state: dict[str, torch.Tensor]) -> list
     return sorted({k.rsplit(".body.", 1)[0] for k in state})
 
 
-@torch.no_grad()
-def recalibrate_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
-    """Re-estimate BatchNorm running statistics on clean data (a sub-model sees other activations than
-    the full model it was cut from)."""
-    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
-    saved = [(m.momentum, m.training) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the calibration batches
-    model.train()
-    for i in range(0, len(images), batch_size):
-        model(images[i:i + batch_size])
-    model.eval()
-    for m, (momentum, _) in zip(bns, saved):
-        m.momentum = momentum
-    return model
-
-
 @lru_cache(maxsize=8)
-def _module_costs(widths: tuple[int, ...], num_classes: int) -> tuple[int, int, list[tuple[int, int]]]:
+def _module_costs(config_json: str) -> tuple[int, int, list[tuple[int, int]]]:
     """(base params, base MACs, per-stage (params, MACs) of one module): sub-model costs add up exactly."""
-    one = ModularNet(widths, 1, [[0] for _ in widths], num_classes)
+    config = {k: v for k, v in json.loads(config_json).items() if k not in ("module_ids", "modules_per_stage")}
+    stages = len(config["widths"])
+    one = ModularNet(**config, modules_per_stage=1, module_ids=[[0]] * stages)
     p1, m1 = count_params(one), count_macs(one)
     per_stage = []
-    for s in range(len(widths)):
-        ids = [[0] for _ in widths]
+    for s in range(stages):
+        ids = [[0] for _ in range(stages)]
         ids[s] = [0, 1]
-        two = ModularNet(widths, 2, ids, num_classes)
+        two = ModularNet(**config, modules_per_stage=2, module_ids=ids)
         per_stage.append((count_params(two) - p1, count_macs(two) - m1))
     return p1 - sum(p for p, _ in per_stage), m1 - sum(m for _, m in per_stage), per_stage
 
 
 def _costs(cloud: ModularNet) -> tuple[int, int, list[tuple[int, int]]]:
-    return _module_costs(tuple(cloud.widths), cloud.head.out_features)
+    return _module_costs(json.dumps(cloud.config(), sort_keys=True))
 
 
 def spec_cost(cloud: ModularNet, spec: SubModelSpec) -> tuple[int, int]:
@@ -301,7 +352,7 @@ def measure_latency_ms(model: nn.Module, runs: int = 20) -> float:
     """Median single-frame latency of a torch model on this machine (for latency budgets)."""
     import time
 
-    x = torch.zeros(INPUT_SHAPE)
+    x = torch.zeros(model.input_shape)
     times = []
     with torch.no_grad():
         model(x)
@@ -347,17 +398,3 @@ def derive_spec(cloud: ModularNet, budget: Budget,
         raise BudgetError(f"no sub-model fits {budget}: the smallest one needs {smallest[0]} params and "
                           f"{smallest[1]} MACs per frame")
     return best
-
-
-def make_model(kind: str, config: dict | None = None) -> nn.Module:
-    """Rebuild a model from its checkpoint's kind and config."""
-    config = config or {}
-    if kind == "modular":
-        return ModularNet(**config)
-    if kind == "small_cnn":
-        return SmallCNN(**config)
-    raise ValueError(f"unknown model kind {kind!r} (modular, small_cnn)")
-
-
-def iter_norm_modules(model: nn.Module) -> Iterable[nn.BatchNorm2d]:
-    return (m for m in model.modules() if isinstance(m, nn.BatchNorm2d))

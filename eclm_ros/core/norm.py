@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
+BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 EMA_MOMENTUM = 0.01  # per frame: BatchNorm statistics follow the last ~100 frames (0.02 / 0.04 measured worse)
 
 
@@ -20,7 +21,13 @@ class AffineStateError(ValueError):
 
 
 def norm_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every normalisation layer (the adaptable part), by name, in model order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, NORM_TYPES)]
+
+
+def batch_norms(model: nn.Module) -> list[nn.Module]:
+    """The BatchNorm layers: the ones whose statistics follow the stream."""
+    return [m for _, m in norm_layers(model) if isinstance(m, BATCH_NORM_TYPES)]
 
 
 def affine_params(model: nn.Module) -> dict[str, nn.Parameter]:
@@ -73,12 +80,11 @@ def affine_param_fraction(model: nn.Module) -> float:
 
 def use_batch_stats(model: nn.Module) -> nn.Module:
     """BatchNorm layers normalise with the current batch's statistics (test-time BN, as Tent does)."""
-    for m in model.modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            m.train()
-            m.track_running_stats = False
-            m.running_mean = None
-            m.running_var = None
+    for m in batch_norms(model):
+        m.train()
+        m.track_running_stats = False
+        m.running_mean = None
+        m.running_var = None
     return model
 
 
@@ -100,5 +106,22 @@ def use_ema_stats(model: nn.Module, momentum: float = EMA_MOMENTUM) -> list:
         bn.running_var.mul_(1 - momentum).add_(centred.square().mean(dims), alpha=momentum)
 
     model.eval()
-    return [m.register_forward_pre_hook(hook) for m in model.modules()
-            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.running_mean is not None]
+    return [m.register_forward_pre_hook(hook) for m in batch_norms(model) if m.running_mean is not None]
+
+
+@torch.no_grad()
+def recalibrate(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> nn.Module:
+    """Re-estimate BatchNorm running statistics on clean inputs (a sub-model sees other activations than the
+    full model it was cut from): a cumulative average over the batches, the momentum restored after."""
+    bns = batch_norms(model)
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    for i in range(0, len(images), batch_size):
+        model(images[i:i + batch_size])
+    model.eval()
+    for m, momentum in zip(bns, saved):
+        m.momentum = momentum
+    return model

@@ -30,7 +30,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from .models import INPUT_SHAPE
+from .norm import BATCH_NORM_TYPES, norm_layers
 
 OPSET = 17
 INPUTS = ("x", "bn_state", "affine")
@@ -72,13 +72,12 @@ class Layout:
 def norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The BatchNorm layers the graph adapts; any other normalisation layer is refused."""
     out = []
-    for name, m in model.named_modules():
-        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-            if m.running_mean is None or not isinstance(m.weight, nn.Parameter):
-                raise ExportError(f"{name}: BatchNorm without running statistics or affine parameters")
-            out.append((name, m))
-        elif isinstance(m, (nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d)):
+    for name, m in norm_layers(model):
+        if not isinstance(m, BATCH_NORM_TYPES):
             raise ExportError(f"{name}: {type(m).__name__} is not supported by the ONNX edge runtime")
+        if m.running_mean is None or not isinstance(m.weight, nn.Parameter):
+            raise ExportError(f"{name}: BatchNorm without running statistics or affine parameters")
+        out.append((name, m))
     return out
 
 
@@ -109,13 +108,14 @@ def load_state_vectors(model: nn.Module, layout: Layout, bn_state: np.ndarray, a
             offset += 2 * size
 
 
-def structure_key(model: nn.Module, momentum: float) -> str | None:
+def structure_key(model: nn.Module, momentum: float, input_shape: tuple[int, ...]) -> str | None:
     """Two models with equal keys export to the same graph up to weights; None when that cannot be known."""
     config = getattr(model, "config", None)
     if not callable(config):
         return None
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    return json.dumps([type(model).__qualname__, config(), shapes, momentum], sort_keys=True, default=str)
+    return json.dumps([type(model).__qualname__, config(), shapes, momentum, list(input_shape)], sort_keys=True,
+                      default=str)
 
 
 @dataclass
@@ -141,25 +141,27 @@ class AdaptiveGraph:
         return patched.SerializeToString()
 
 
-def _torch_export(model: nn.Module) -> onnx.ModelProto:
+def _torch_export(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer notes
-        torch.onnx.export(_Probs(model), (torch.zeros(INPUT_SHAPE),), buf, input_names=["x"],
+        torch.onnx.export(_Probs(model), (torch.zeros(input_shape),), buf, input_names=["x"],
                           output_names=["probs"], dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}}, dynamo=False,
                           opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
     return onnx.load_from_string(buf.getvalue())
 
 
-def export_adaptive(model: nn.Module, momentum: float) -> AdaptiveGraph:
-    """The adaptive graph of ``model`` (left untouched): inputs x [N,1,28,28], bn_state, affine; outputs probs
-    [N,C], bn_state_out. Raises ExportError for a model it cannot express."""
+def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, ...] | None = None) -> AdaptiveGraph:
+    """The adaptive graph of ``model`` (left untouched): inputs x [N,C,H,W] (``input_shape``, default the
+    model's own), bn_state, affine; outputs probs [N,classes], bn_state_out. Raises ExportError for a model it
+    cannot express."""
     if not 0 < momentum <= 1:
         raise ExportError(f"momentum must be in (0, 1], got {momentum}")
+    input_shape = tuple(input_shape or model.input_shape)
     model = copy.deepcopy(model).eval().requires_grad_(False)
     layout = layout_of(model)
     try:
-        proto = _torch_export(model)
+        proto = _torch_export(model, input_shape)
     except Exception as exc:  # the tracer's failures have no common type
         raise ExportError(f"torch.onnx.export failed: {exc}") from exc
     graph = proto.graph

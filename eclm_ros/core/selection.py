@@ -157,27 +157,30 @@ class Selector:
         return self.uploaded / max(self.seen, 1)
 
 
-def encode_frames(images: np.ndarray, encoding: str = "png", quality: int = 90) -> list[bytes]:
-    """Compress frames for upload: PNG (lossless, small for 28x28 grey) or JPEG at ``quality``."""
+def encode_frames(images, encoding: str = "png", quality: int = 90) -> list[bytes]:
+    """Compress model views for upload (uint8 HxW grey or HxWx3 RGB): PNG (lossless, small for small views) or
+    JPEG at ``quality``."""
     if encoding not in ("png", "jpeg"):
         raise ValueError(f"encoding must be png or jpeg, got {encoding!r}")
     ext, params = (".png", [cv2.IMWRITE_PNG_COMPRESSION, 6]) if encoding == "png" else (
         ".jpg", [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
     out = []
     for img in images:
-        ok, buf = cv2.imencode(ext, img, params)
+        ok, buf = cv2.imencode(ext, cv2.cvtColor(img, cv2.COLOR_RGB2BGR) if img.ndim == 3 else img, params)
         if not ok:
             raise ValueError(f"cannot encode a frame of shape {img.shape} as {encoding}")
         out.append(buf.tobytes())
     return out
 
 
-def decode_frames(blobs: list[bytes]) -> np.ndarray:
-    """Decode uploaded frames (grey) into uint8 [N,H,W]; refuses anything that is not an image."""
+def decode_frames(blobs: list[bytes], channels: int = 1) -> list[np.ndarray]:
+    """Decode uploaded frames into uint8 views (HxW grey, or HxWx3 RGB for ``channels`` 3); refuses anything
+    that is not an image."""
+    flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     imgs = []
     for i, blob in enumerate(blobs):
-        img = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_GRAYSCALE)
+        img = cv2.imdecode(np.frombuffer(blob, np.uint8), flag)
         if img is None:
             raise ValueError(f"frame {i} is not a decodable PNG/JPEG image")
-        imgs.append(img)
-    return np.stack(imgs) if imgs else np.zeros((0, 28, 28), np.uint8)
+        imgs.append(img if channels == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+    return imgs

@@ -86,6 +86,14 @@ class Bundle:
         object.__setattr__(self, "_header", data)
         return data
 
+    def signed_parts(self) -> list[bytes]:
+        """What an upload signature covers of a bundle: every field that decides how the payload decodes (the
+        int8 scale as it reads after the float32 wire encoding, so sender and receiver agree) and the payload."""
+        specs = [[s.name, s.dtype, list(s.shape), s.encoding, float(np.float32(s.scale)), int(s.zero_point),
+                  int(s.offset), int(s.length)] for s in self.specs]
+        header = json.dumps([self.compression, int(self.raw_size), self.digest, specs], separators=(",", ":"))
+        return [header.encode(), bytes(self.payload)]
+
     def to_bytes(self) -> bytes:
         """A self-contained blob (for files, replay, byte counting)."""
         header = self._header_json()

@@ -6,36 +6,22 @@ cloud's public key, carries a valid signature over every field that decides what
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
+import torch
 
+from .compose import assemble
+from .messages import KIND_FULL, KIND_MODULES, KIND_NAMES, KIND_NORM_AFFINE, UpdateHeader
+from .models import SpecError, model_from_architecture
 from .signing import SCHEME, SignatureError, key_id, sign, verify
-from .tensor_codec import Bundle, digest, signing_bytes, unpack
-
-KIND_NORM_AFFINE, KIND_MODULES, KIND_FULL = 0, 1, 2
-KIND_NAMES = {KIND_NORM_AFFINE: "norm_affine", KIND_MODULES: "modules", KIND_FULL: "full"}
+from .tensor_codec import Bundle, digest, unpack
 
 
 class UpdateRejected(ValueError):
-    """Why an update was not applied; the edge keeps serving its last good model."""
+    """Why an update was not applied; the edge keeps serving its last good model. ``kind`` names the check
+    that failed (digest, target, kind, stale, version, size, signature, structure), for counters."""
 
-
-@dataclass(frozen=True)
-class UpdateHeader:
-    target_edge: str
-    update_id: str
-    version: int
-    base_version: int
-    kind: int
-    submodel_spec: str
-    signature_scheme: str = ""
-    key_id: str = ""
-    signature: bytes = b""
-
-    def signed_bytes(self, bundle_digest: str) -> bytes:
-        return signing_bytes(target_edge=self.target_edge, update_id=self.update_id, version=self.version,
-                             base_version=self.base_version, kind=self.kind, submodel_spec=self.submodel_spec,
-                             bundle_digest=bundle_digest)
+    def __init__(self, reason: str, kind: str = "invalid") -> None:
+        super().__init__(reason)
+        self.kind = kind
 
 
 def signature_for(header: UpdateHeader, bundle: Bundle, private_key) -> tuple[str, str, bytes]:
@@ -47,63 +33,59 @@ def check_update(header: UpdateHeader, bundle: Bundle, *, edge_id: str, current_
                  public_key=None, max_bytes: int = 64 * 1024 * 1024) -> None:
     """Raise UpdateRejected with the reason unless the edge may apply this update."""
     if digest(bundle.payload) != bundle.digest:
-        raise UpdateRejected("digest mismatch: the payload was altered or truncated in transit")
+        raise UpdateRejected("digest mismatch: the payload was altered or truncated in transit", "digest")
     if header.target_edge not in (edge_id, "*"):
-        raise UpdateRejected(f"update {header.update_id[:8]} is for {header.target_edge!r}, not {edge_id!r}")
+        raise UpdateRejected(f"update {header.update_id[:8]} is for {header.target_edge!r}, not {edge_id!r}",
+                             "target")
     if header.kind not in KIND_NAMES:
-        raise UpdateRejected(f"unknown update kind {header.kind}")
+        raise UpdateRejected(f"unknown update kind {header.kind}", "kind")
     if header.version <= current_version:
-        raise UpdateRejected(f"stale update: version {header.version} <= serving version {current_version}")
+        raise UpdateRejected(f"stale update: version {header.version} <= serving version {current_version}",
+                             "stale")
     if header.kind != KIND_FULL and header.base_version != current_version:
-        raise UpdateRejected(f"update applies on version {header.base_version}, the edge serves {current_version}")
+        raise UpdateRejected(f"update applies on version {header.base_version}, the edge serves {current_version}",
+                             "version")
     if len(bundle.payload) > max_bytes:
-        raise UpdateRejected(f"update of {len(bundle.payload)} bytes exceeds the limit of {max_bytes}")
+        raise UpdateRejected(f"update of {len(bundle.payload)} bytes exceeds the limit of {max_bytes}", "size")
     if public_key is not None:
         if header.signature_scheme != SCHEME:
-            raise UpdateRejected(f"unsigned update (scheme {header.signature_scheme!r}) refused: a cloud key is set")
+            raise UpdateRejected(f"unsigned update (scheme {header.signature_scheme!r}) refused: a cloud key is set",
+                                 "signature")
         try:
             verify(public_key, header.signed_bytes(bundle.digest), header.signature)
         except SignatureError as exc:
-            raise UpdateRejected(f"bad signature: {exc}") from exc
+            raise UpdateRejected(f"bad signature: {exc}", "signature") from exc
 
 
 def model_from_spec(spec_json: str):
     """An (untrained) model of the structure an update names; refuses a spec that is not one."""
-    from .models import ModularNet, SpecError
-
     try:
-        config = json.loads(spec_json)
-        return ModularNet(**config)
-    except (ValueError, TypeError) as exc:
-        raise UpdateRejected(f"update names no buildable structure ({exc})") from exc
+        return model_from_architecture(spec_json)
     except SpecError as exc:
-        raise UpdateRejected(str(exc)) from exc
+        raise UpdateRejected(f"update names no buildable structure ({exc})", "structure") from exc
 
 
 def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: Bundle,
                  max_bytes: int = 64 * 1024 * 1024, swap=None):
-    """Decode an admitted update and apply it to the runtime, all or nothing (the edge node and the benchmark
-    both apply updates here). ``serving_spec`` is the structure the runtime serves now. A new structure or new
-    weights go through ``swap`` (default ``runtime.swap``; the node passes ``runtime.swap_async`` and gets a
-    Future back, so frames keep being served while the new model is built)."""
-    from .compose import assemble
-    from .models import SubModelSpec
-
+    """Decode an admitted update and apply it to the runtime, all or nothing. ``serving_spec`` is the structure
+    the runtime serves now. A new structure or new weights go through ``swap`` (default ``runtime.swap``; the
+    edge agent may pass ``runtime.swap_async`` and get a Future back, so frames keep being served while the
+    new model is built)."""
     swap = swap or runtime.swap
     if kind == KIND_NORM_AFFINE:
         if spec_json != serving_spec:
-            raise UpdateRejected("affine update for another sub-model structure")
+            raise UpdateRejected("affine update for another sub-model structure", "structure")
         runtime.apply_affine(unpack(bundle, max_bytes=max_bytes, templates=runtime.affine_templates()))
     elif kind == KIND_FULL:
         model = model_from_spec(spec_json)
         return swap(model, unpack(bundle, max_bytes=max_bytes,
                                   templates={k: tuple(v.shape) for k, v in model.state_dict().items()}))
     elif kind == KIND_MODULES:
-        import torch
-
-        spec = SubModelSpec(tuple(tuple(m) for m in model_from_spec(spec_json).config()["module_ids"]))
+        spec = getattr(model_from_spec(spec_json), "spec", None)
+        if spec is None:
+            raise UpdateRejected("a modules update must name a modular structure", "structure")
         tensors = {k: torch.from_numpy(v) for k, v in unpack(bundle, max_bytes=max_bytes).items()}
         return swap(assemble(runtime.model, spec, tensors))
     else:
-        raise UpdateRejected(f"unknown update kind {kind}")
+        raise UpdateRejected(f"unknown update kind {kind}", "kind")
     return None

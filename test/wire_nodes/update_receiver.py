@@ -14,7 +14,7 @@ from wire_payloads import sha  # noqa: E402
 
 from eclm_ros.core.tensor_codec import unpack  # noqa: E402
 from eclm_ros.msg import ModelUpdate, SampleBatch  # noqa: E402
-from eclm_ros.ros_io import RELIABLE_QOS, UPDATE_QOS, msg_to_bundle  # noqa: E402
+from eclm_ros.ros.ros_io import RELIABLE_QOS, UPDATE_QOS, msg_to_bundle  # noqa: E402
 
 
 class UpdateReceiver(Node):

@@ -12,7 +12,7 @@ from wire_payloads import frames, png, update_tensors  # noqa: E402
 
 from eclm_ros.core.tensor_codec import pack  # noqa: E402
 from eclm_ros.msg import EncodedFrame, ModelUpdate, SampleBatch  # noqa: E402
-from eclm_ros.ros_io import RELIABLE_QOS, UPDATE_QOS, bundle_to_msg  # noqa: E402
+from eclm_ros.ros.ros_io import RELIABLE_QOS, UPDATE_QOS, bundle_to_msg  # noqa: E402
 
 
 class UpdateSender(Node):

@@ -22,12 +22,14 @@ import torch
 import yaml
 from rich.console import Console
 
-from .core.data import load_fashion_mnist
-from .core.evaluation import Evaluator
-from .core.preprocess import batch_to_tensor
-from .core.signing import generate_key, save_key_pair
-from .core.training import load_edge_model, train_all
-from .core.world import WorldStream, parse_schedule
+from ..bench.report import plot_rolling
+from ..core import checkpoint
+from ..core.preprocess import Preprocessor
+from ..core.signing import generate_key, save_key_pair
+from ..sim.data import load_fashion_mnist
+from ..sim.evaluation import Evaluator
+from ..sim.world import WorldStream, parse_schedule
+from ..training import trainer
 from .launcher import NodeProcess, Recorder, node_executable, wait_for
 
 DEFAULT_SCHEDULE = ("clean:450,fog@3:900,contrast@3:900,gaussian_noise@3:900,motion_blur@3:900,"
@@ -44,10 +46,13 @@ def _config_dir() -> Path:
 
 def _write_params(out: Path, args, keys: Path) -> dict[str, Path]:
     config = _config_dir()
-    common = {"quick_models": args.quick, "model_cache": str(args.cache or "")}
+    def model(name: str) -> str:
+        return str(checkpoint.default_path(name, args.quick, args.cache))
+
     overrides = {
-        "cloud_coordinator": {**common, "private_key": str(keys / "cloud.pem"), "state_dir": str(out / "cloud_state")},
-        "edge_learner": {**common, "cloud_public_key": str(keys / "cloud.pub")},
+        "cloud_coordinator": {"model_path": model("cloud"), "private_key": str(keys / "cloud.pem"),
+                              "state_dir": str(out / "cloud_state")},
+        "edge_learner": {"model_path": model("edge"), "cloud_public_key": str(keys / "cloud.pub")},
         "camera_stream": {"schedule": args.schedule, "seed": args.seed, "rate_hz": args.rate},
         "bandwidth_monitor": {},
     }
@@ -66,13 +71,14 @@ def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, qu
     """Whether the unadapted edge model gets each frame right: the same frames, regenerated from the seed."""
     x, y = load_fashion_mnist("test")
     stream = WorldStream(x, y, parse_schedule(schedule), seed)
-    model = load_edge_model(quick, cache)
+    edge = trainer.load("edge", quick, cache)
+    to_tensor = Preprocessor(edge.description).tensor
     out = {}
     for i in range(0, len(frames), 512):
         chunk = frames[i:i + 512]
         imgs = np.stack([stream.frame(idx)[0].image for idx, _ in chunk])
         with torch.no_grad():
-            pred = model(batch_to_tensor(imgs)).argmax(1).numpy()
+            pred = edge.model(to_tensor(imgs)).argmax(1).numpy()
         out.update({idx: bool(p == label) for (idx, label), p in zip(chunk, pred)})
     return out
 
@@ -80,7 +86,8 @@ def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, qu
 def _in_process(frames: list[int], schedule: str, seed: int, quick: bool, cache) -> Evaluator:
     """The same system in one process (``eclm-ros bench``'s eclm_ros method) on the same stream, up to the last
     frame the demo evaluated: how far DDS, timing and dropped frames move the demo from the benchmark."""
-    from .core.bench import METHODS, BenchContext, run_method
+    from ..bench.method import BenchContext
+    from ..bench.run import METHODS, run_method
 
     x, y = load_fashion_mnist("test")
     stream = WorldStream(x, y, parse_schedule(schedule), seed)
@@ -92,34 +99,12 @@ def _in_process(frames: list[int], schedule: str, seed: int, quick: bool, cache)
     return same
 
 
-def _plot(path: Path, edge: Evaluator, source: Evaluator, window: int) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(12, 4))
-    for ev, label in ((edge, "eclm_ros edge (adapting)"), (source, "source model (no adaptation)")):
-        x, acc = ev.rolling(window)
-        ax.plot(x, acc, label=label, lw=1.3)
-    for frame, env in edge.segment_starts():
-        ax.axvline(frame, color="grey", lw=0.6, ls=":")
-        ax.text(frame, 1.01, env, rotation=45, fontsize=7, va="bottom")
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("frame")
-    ax.set_ylabel(f"accuracy (rolling {window} frames)")
-    ax.legend(loc="lower left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run(args, console: Console) -> dict:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) / stamp
     out.mkdir(parents=True, exist_ok=True)
     console.print(f"[bold]eclm_ros demo[/] -> {out}")
-    train_all(quick=args.quick, cache_dir=args.cache)  # once, before the nodes start (they only load)
+    trainer.train_all(quick=args.quick, cache_dir=args.cache)  # once, before the nodes start (they only load)
     keys = out / "keys"
     save_key_pair(generate_key(), keys / "cloud.pem", keys / "cloud.pub")
     params = _write_params(out, args, keys)
@@ -129,7 +114,7 @@ def run(args, console: Console) -> dict:
 
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from .msg import BandwidthEstimate, EdgeStatus, GroundTruth, Prediction
+    from eclm_ros.msg import BandwidthEstimate, EdgeStatus, GroundTruth, Prediction
     from .ros_io import RELIABLE_QOS
 
     recorder = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
@@ -207,7 +192,9 @@ def _report(out: Path, args, preds, truths, recorder, console: Console) -> dict:
         "link_rtt_ms": float(np.median([m.rtt_ms for m in links])) if links else 0.0,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
-    _plot(out / "accuracy.png", edge, source, window=max(30, int(args.rate * 10)))
+    plot_rolling(out / "accuracy.png", [("eclm_ros demo", {"eclm_ros edge (adapting)": edge,
+                                                            "source model (no adaptation)": source})],
+                 window=max(30, int(args.rate * 10)))
     lines = ["# eclm_ros demo report", "",
              f"{report['frames_evaluated']} frames over {args.duration:.0f} s at {args.rate} Hz, schedule "
              f"`{args.schedule}`, seed {args.seed}{' (quick models)' if args.quick else ''}.", "",

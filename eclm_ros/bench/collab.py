@@ -1,74 +1,70 @@
-"""Edge-cloud methods for the benchmark harness: the three papers, their combination, and the references.
+"""Edge-cloud methods for the benchmark harness: the three papers, the references, and the system itself.
 
-Each simulates one edge (ECAvg: several) and the cloud in one process, exactly as the ROS nodes split them:
-the edge predicts a batch with the model it has, uploads what it selects as real PNG bytes, the cloud learns,
-and an update (real codec bytes) is applied before the edge's next batch. Traffic counts those bytes.
+The papers' methods (CEMA, ECLM, ECAvg) and cloud-only simulate their edge(s) and cloud in one process: the
+edge predicts a batch with the model it has, uploads what it selects as real PNG bytes, the cloud learns, and
+an update (real codec bytes) is applied before the edge's next batch. ``EclmRos`` is not a simulation of the
+system but the system: the ROS nodes' own edge agent and cloud coordinator, over the in-memory transport.
+Traffic counts the bytes that cross.
 """
 from __future__ import annotations
 
 import copy
+import logging
 
 import numpy as np
 import torch
 
-from .adapt import tent
-from .compose import compose, integrate, keep_shared_affine, module_weights, new_modules
-from .distill import Distiller
-from .edge_runtime import TorchEdgeRuntime
-from .merge import average, finetune
-from .models import ModularNet, build_submodel, submodel_module_state
-from .norm import affine_state, load_affine, use_batch_stats
-from .preprocess import batch_to_tensor, to_model_input
-from .selection import Selector, decode_frames, encode_frames
-from .strategies import Profile, make_strategy
-from .tensor_codec import Bundle, pack, unpack
-from .training import edge_budget
-from .updates import apply_update
+from ..core.adapt import tent
+from ..core.compose import compose, integrate, keep_shared_affine, module_weights, new_modules
+from ..core.coordinator import Coordinator
+from ..core.distill import Distiller
+from ..core.edge_agent import EdgeAgent, EdgeConfig
+from ..core.edge_runtime import make_runtime
+from ..core.merge import average, finetune
+from ..core.messages import FRAME_META_BYTES, UPDATE_META_BYTES
+from ..core.models import ModularNet, build_submodel, submodel_module_state
+from ..core.norm import affine_state, load_affine, use_batch_stats
+from ..core.selection import Selector, decode_frames, encode_frames
+from ..core.strategies import default_budget, make_strategy
+from ..core.tensor_codec import pack, unpack
+from ..core.transport import InMemoryNetwork, SimClock
+from .method import BenchContext, Traffic
 
-UPLOAD_META_BYTES = 4 + 4 + 8  # per frame in a SampleBatch: class id, entropy, stamp (probabilities below)
-UPDATE_META_BYTES = 256  # ModelUpdate's ids, versions, spec string and Ed25519 signature
+CAMERA_HZ = 30.0  # the simulated camera: the system's clocks (heartbeat, budget, status) advance with frames
 
 
 class Link:
     """Counts what crosses the edge-cloud link, in the bytes the encoders produce, and delivers it decoded."""
 
-    def __init__(self, traffic, num_classes: int) -> None:
-        self.traffic, self.num_classes = traffic, num_classes
+    def __init__(self, traffic: Traffic, num_classes: int, channels: int = 1) -> None:
+        self.traffic, self.num_classes, self.channels = traffic, num_classes, channels
 
     def upload(self, images: np.ndarray) -> np.ndarray:
         blobs = encode_frames(images)
-        self.traffic.uplink_bytes += sum(len(b) for b in blobs) + len(blobs) * (UPLOAD_META_BYTES + 4 * self.num_classes)
+        self.traffic.uplink_bytes += sum(len(b) for b in blobs) + len(blobs) * (FRAME_META_BYTES + 4 * self.num_classes)
         self.traffic.uploaded_frames += len(blobs)
-        return decode_frames(blobs)
+        return np.stack(decode_frames(blobs, self.channels))
 
     def upload_tensors(self, tensors: dict, encoding: str = "raw") -> dict[str, np.ndarray]:
         bundle = pack(tensors, encoding=encoding)
         self.traffic.uplink_bytes += bundle.wire_size
         return unpack(bundle)
 
-    def send_update(self, tensors: dict, encoding: str) -> Bundle:
-        """An update as the coordinator publishes it: the bundle and ModelUpdate's fixed fields."""
+    def download(self, tensors: dict, encoding: str = "fp16") -> dict[str, np.ndarray]:
+        """An update as a coordinator would send it: the bundle and ModelUpdate's fixed fields."""
         bundle = pack(tensors, encoding=encoding)
         self.traffic.downlink_bytes += bundle.wire_size + UPDATE_META_BYTES
-        self.traffic.updates += 1
-        return bundle
-
-    def download(self, tensors: dict, encoding: str = "fp16") -> dict[str, np.ndarray]:
-        bundle = pack(tensors, encoding=encoding)
-        self.traffic.downlink_bytes += bundle.wire_size
         self.traffic.updates += 1
         return unpack(bundle)
 
 
-def _traffic():
-    from .bench import Traffic
-
-    return Traffic()
+def _link(ctx: BenchContext) -> Link:
+    return Link(Traffic(), ctx.num_classes, ctx.description.channels)
 
 
 @torch.no_grad()
-def _predict(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
-    return model(batch_to_tensor(images)).softmax(1).numpy()
+def _predict(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    return model(x).softmax(1).numpy()
 
 
 class Cema:
@@ -76,17 +72,17 @@ class Cema:
     cloud distils its adapted model into a copy of the edge model and sends back the affine parameters."""
 
     def __init__(self, ctx, select: bool = True, name: str = "cema", target_ratio: float = 0.2) -> None:
-        self.name, self.traffic = name, _traffic()
-        self.link = Link(self.traffic, ctx.num_classes)
+        self.name, self.link, self.to_tensor = name, _link(ctx), ctx.to_tensor
+        self.traffic = self.link.traffic
         self.edge = use_batch_stats(ctx.edge_model().eval())
         self.selector = Selector(ctx.num_classes, target_ratio=target_ratio) if select else None
-        self.distiller = Distiller(ctx.cloud_model(), ctx.edge_model(), ctx.num_classes, seed=ctx.seed)
+        self.distiller = Distiller(ctx.cloud_model(), ctx.edge_model(), ctx.num_classes, ctx.to_tensor, seed=ctx.seed)
 
     def select(self, probs: np.ndarray) -> np.ndarray:
         return self.selector.select(probs) if self.selector else np.ones(len(probs), bool)
 
     def step(self, images: np.ndarray) -> np.ndarray:
-        probs = _predict(self.edge, images)
+        probs = _predict(self.edge, self.to_tensor(images))
         mask = self.select(probs)
         if mask.any():
             self.distiller.add(self.link.upload(images[mask]))
@@ -102,15 +98,15 @@ class CloudOnly:
 
     name = "cloud_only"
 
-    def __init__(self, ctx) -> None:
-        self.traffic = _traffic()
-        self.link = Link(self.traffic, ctx.num_classes)
+    def __init__(self, ctx: BenchContext) -> None:
+        self.link, self.to_tensor = _link(ctx), ctx.to_tensor
+        self.traffic = self.link.traffic
         self.cloud = tent.configure_model(ctx.cloud_model())
         self.opt = tent.make_optimizer(tent.collect_params(self.cloud))
 
     def step(self, images: np.ndarray) -> np.ndarray:
         frames = self.link.upload(images)
-        pred = tent.forward_and_adapt(batch_to_tensor(frames), self.cloud, self.opt).argmax(1).numpy()
+        pred = tent.forward_and_adapt(self.to_tensor(frames), self.cloud, self.opt).argmax(1).numpy()
         self.traffic.downlink_bytes += pack({"class_id": pred.astype(np.int8)}, compress=False).wire_size
         return pred
 
@@ -122,9 +118,9 @@ class EcAvg:
 
     name = "ecavg"
 
-    def __init__(self, ctx, edges: int = 3, round_batches: int = 12) -> None:
-        self.traffic = _traffic()
-        self.link = Link(self.traffic, ctx.num_classes)
+    def __init__(self, ctx: BenchContext, edges: int = 3, round_batches: int = 12) -> None:
+        self.link, self.to_tensor = _link(ctx), ctx.to_tensor
+        self.traffic = self.link.traffic
         self.edges = [tent.configure_model(ctx.edge_model()) for _ in range(edges)]
         self.opts = [tent.make_optimizer(tent.collect_params(m)) for m in self.edges]
         self.teacher = use_batch_stats(ctx.cloud_model().eval())
@@ -133,7 +129,7 @@ class EcAvg:
 
     def step(self, images: np.ndarray) -> np.ndarray:
         k = self.t % len(self.edges)  # robots take turns: each batch is one robot's view
-        pred = tent.forward_and_adapt(batch_to_tensor(images), self.edges[k], self.opts[k]).argmax(1).numpy()
+        pred = tent.forward_and_adapt(self.to_tensor(images), self.edges[k], self.opts[k]).argmax(1).numpy()
         self.frames[k].append(images)
         self.t += 1
         if self.t % self.round_batches == 0:
@@ -151,7 +147,7 @@ class EcAvg:
         self.frames = [[] for _ in self.edges]
         merged = copy.deepcopy(self.edges[0])
         merged.load_state_dict(average(states, weights))
-        combined = np.concatenate(data)
+        combined = self.to_tensor(np.concatenate(data))
         finetune(merged, combined, _predict(self.teacher, combined).argmax(1), steps=5)
         tent.configure_model(merged)
         for i, model in enumerate(self.edges):
@@ -167,11 +163,11 @@ class Eclm:
 
     name = "eclm"
 
-    def __init__(self, ctx, round_batches: int = 24, weight: float = 0.5) -> None:
-        self.traffic = _traffic()
-        self.link = Link(self.traffic, ctx.num_classes)
+    def __init__(self, ctx: BenchContext, round_batches: int = 24, weight: float = 0.5) -> None:
+        self.link, self.to_tensor = _link(ctx), ctx.to_tensor
+        self.traffic = self.link.traffic
         self.cloud: ModularNet = ctx.cloud_model()
-        self.budget = edge_budget(self.cloud)
+        self.budget = default_budget(self.cloud)
         self.edge = tent.configure_model(ctx.edge_model())
         self.opt = tent.make_optimizer(tent.collect_params(self.edge))
         self.selector = Selector(ctx.num_classes, target_ratio=0.2)
@@ -179,7 +175,7 @@ class Eclm:
         self.round_batches, self.weight, self.t = round_batches, weight, 0
 
     def step(self, images: np.ndarray) -> np.ndarray:
-        logits = tent.forward_and_adapt(batch_to_tensor(images), self.edge, self.opt)
+        logits = tent.forward_and_adapt(self.to_tensor(images), self.edge, self.opt)
         mask = self.selector.select(logits.softmax(1).numpy())
         if mask.any():
             self.recent = (self.recent + [self.link.upload(images[mask])])[-8:]
@@ -193,7 +189,7 @@ class Eclm:
         learned = {k: torch.from_numpy(v) for k, v in self.link.upload_tensors(
             submodel_module_state(self.edge)).items()}
         integrate(self.cloud, learned, self.weight)
-        proposed = compose(self.cloud, self.budget, np.concatenate(self.recent))
+        proposed = compose(self.cloud, self.budget, self.to_tensor(np.concatenate(self.recent)))
         missing = new_modules(spec, proposed)
         if not missing:
             return
@@ -204,41 +200,47 @@ class Eclm:
 
 
 class EclmRos:
-    """The system itself, in-process: the edge learner's runtime (frame by frame, BatchNorm statistics following
-    the stream), selector and update path, and the cloud coordinator's strategy, exchanging the real codec
-    bytes. Only DDS and its timing are left out, so the ROS demo and this method agree on the same stream."""
+    """The system: the edge node's ``EdgeAgent`` (ONNX Runtime, frame by frame, BatchNorm statistics following
+    the stream) and the cloud node's ``Coordinator`` with its strategy, exchanging the real messages over
+    ``InMemoryNetwork`` on a clock that advances with the camera's frames. Only DDS is left out, so the ROS
+    demo and this method agree on the same stream."""
 
-    def __init__(self, ctx, strategy: str = "eclm_ros", upload_ratio: float = 0.2, upload_batch: int = 16,
-                 encoding: str = "fp16", name: str = "eclm_ros") -> None:
-        self.name, self.traffic = name, _traffic()
-        self.link = Link(self.traffic, ctx.num_classes)
-        self.strategy = make_strategy(strategy, ctx.cloud_model(), ctx.quick, seed=ctx.seed)
-        self.runtime = TorchEdgeRuntime(ctx.edge_model())
-        self.selector = Selector(ctx.num_classes, target_ratio=upload_ratio)
-        self.upload_batch, self.encoding = upload_batch, encoding
-        self.pending: list[np.ndarray] = []
-        self.input = np.empty((1, 1, 28, 28), np.float32)
-        self.version, self.spec = 0, ""
-        self._apply(self.strategy.register(self.name, Profile()), "raw")
+    def __init__(self, ctx: BenchContext, strategy: str = "eclm_ros", upload_ratio: float = 0.2,
+                 upload_batch: int = 16, encoding: str = "fp16", name: str = "eclm_ros") -> None:
+        self.name = name
+        self.clock = SimClock()
+        self.network = InMemoryNetwork(self.clock, seed=ctx.seed)
+        quiet = logging.getLogger(f"eclm_ros.bench.{name}")
+        quiet.setLevel(logging.ERROR)
+        self.coordinator = Coordinator(make_strategy(strategy, ctx.checkpoint("cloud"), seed=ctx.seed),
+                                       self.network.cloud_link(), clock=self.clock, log=quiet)
+        self.coordinator.configure(update_encoding=encoding)
+        self.network.serve(self.coordinator)
+        edge = ctx.checkpoint("edge")
+        self.agent = EdgeAgent(make_runtime("onnx", edge.model), edge.description, self.network.connect(name),
+                               EdgeConfig(edge_id=name, upload_ratio=upload_ratio, upload_batch=upload_batch),
+                               clock=self.clock, log=quiet, threaded=False)
+        self.network.attach(name, self.agent)
+        self._exchange()  # registration: the edge serves the cloud's version 1 from the first frame
+        self._exchange()
 
-    def _apply(self, update, encoding: str) -> None:
-        if update is None:
-            return
-        bundle = self.link.send_update(update.tensors, encoding)
-        apply_update(self.runtime, update.kind, update.submodel_spec, self.spec, bundle)
-        self.version, self.spec = self.version + 1, update.submodel_spec
+    def _exchange(self) -> None:
+        self.agent.tick()
+        self.network.deliver()
+        self.coordinator.process()
+        self.network.deliver()
+
+    @property
+    def traffic(self) -> Traffic:
+        up, down = self.network.up[self.name].counters, self.network.down[self.name].counters
+        return Traffic(up.bytes, down.bytes, up.frames, down.updates)
 
     def step(self, images: np.ndarray) -> np.ndarray:
         preds = np.empty(len(images), np.int64)
         for i, img in enumerate(images):
-            probs = self.runtime.infer(to_model_input(img, out=self.input[0])[None])[0]
-            preds[i] = probs.argmax()
-            if self.selector.select_one(probs):
-                self.pending.append(img)
-                if len(self.pending) >= self.upload_batch:
-                    frames = self.link.upload(np.stack(self.pending))
-                    self.pending = []
-                    self._apply(self.strategy.on_samples(self.name, frames), self.encoding)
+            self.clock.advance(1.0 / CAMERA_HZ)
+            preds[i] = self.agent.on_frame(img).class_id
+            self._exchange()
         return preds
 
 

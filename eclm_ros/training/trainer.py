@@ -17,7 +17,6 @@ import argparse
 import hashlib
 import inspect
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -29,17 +28,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from .data import load_fashion_mnist
-from .models import (Budget, ModularNet, SubModelSpec, build_submodel, count_macs, count_params,
-                     derive_spec, make_model, recalibrate_bn, spec_cost)
-from .preprocess import batch_to_tensor
-
-EDGE_BUDGET_FRACTION = 0.45  # the default edge device affords this share of the cloud model's MACs
+from ..core import checkpoint
+from ..core.compose import calibrated_submodel
+from ..core.description import ModelDescription
+from ..core.models import ModularNet, SubModelSpec, count_macs, count_params, create_model, derive_spec
+from ..core.norm import recalibrate
+from ..core.preprocess import Preprocessor
+from ..core.strategies import default_budget
+from ..sim.data import fashion_mnist_description, load_fashion_mnist
 
 
 @dataclass(frozen=True)
 class Recipe:
-    kind: str
+    arch: str  # a registered architecture (models.create_model)
     config: dict
     epochs: int
     train_samples: int  # 0 = the whole train split
@@ -50,36 +51,33 @@ class Recipe:
 
 RECIPES = {
     "full": {
-        "cloud": Recipe("modular", {"widths": [16, 32, 64], "modules_per_stage": 3}, epochs=5, train_samples=0,
+        "cloud": Recipe("modular_net", {"widths": [16, 32, 64], "modules_per_stage": 3}, epochs=5, train_samples=0,
                         augment=False),
         "edge_small": Recipe("small_cnn", {"widths": [22, 44, 88]}, epochs=4, train_samples=0, augment=False),
     },
     "quick": {
-        "cloud": Recipe("modular", {"widths": [8, 16, 32], "modules_per_stage": 3}, epochs=2, train_samples=6000),
+        "cloud": Recipe("modular_net", {"widths": [8, 16, 32], "modules_per_stage": 3}, epochs=2, train_samples=6000),
         "edge_small": Recipe("small_cnn", {"widths": [10, 20, 40]}, epochs=2, train_samples=6000),
     },
 }
 
 
-def cache_root(cache_dir: Path | str | None = None) -> Path:
-    return Path(cache_dir or os.environ.get("ECLM_ROS_CACHE", Path.home() / ".cache" / "eclm_ros"))
-
-
 def code_hash() -> str:
     """Hash of the code that decides what a checkpoint holds (architecture, preprocessing, training loop), so
     edits elsewhere do not force a retrain but edits here do."""
-    from . import models, preprocess
+    from ..core import models, norm, preprocess
 
     parts = [models.ResidualModule, models.Stage, models.ModularNet, models.SmallCNN, models._conv_bn,
-             models.recalibrate_bn, _augment, _random_spec, train_model, calibration_images]
-    h = hashlib.sha256(repr((preprocess.MEAN, preprocess.STD, preprocess.SIZE)).encode())
+             norm.recalibrate, preprocess.Preprocessor, checkpoint.save, _augment, _random_spec, train_model,
+             calibration_views, write_defaults]
+    h = hashlib.sha256(fashion_mnist_description().to_json().encode())
     for obj in parts:
         h.update(inspect.getsource(obj).encode())
     return h.hexdigest()[:16]
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Generic augmentation of a normalised batch [N,1,28,28], vectorised (AugMix's op set, no corruptions)."""
+    """Generic augmentation of a normalised batch [N,C,H,W], vectorised (AugMix's op set, no corruptions)."""
     n = x.shape[0]
     lo = x.amin(dim=(1, 2, 3), keepdim=True)
     hi = x.amax(dim=(1, 2, 3), keepdim=True)
@@ -118,20 +116,24 @@ def _random_spec(model: ModularNet, rng: np.random.Generator) -> SubModelSpec:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+def accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, description: ModelDescription | None = None,
+             batch_size: int = 1000) -> float:
+    """Accuracy on uint8 views (Fashion-MNIST's description unless another is given)."""
+    to_tensor = Preprocessor(description or fashion_mnist_description()).tensor
     model.eval()
     correct = 0
     for i in range(0, len(images), batch_size):
-        pred = model(batch_to_tensor(images[i:i + batch_size])).argmax(1).numpy()
+        pred = model(to_tensor(images[i:i + batch_size])).argmax(1).numpy()
         correct += int((pred == labels[i:i + batch_size]).sum())
     return correct / len(images)
 
 
-def calibration_images(quick: bool = False, count: int = 2048) -> torch.Tensor:
-    """Clean train-split images for re-estimating BatchNorm statistics of a sub-model (fixed, seeded)."""
+def calibration_views(quick: bool = False, count: int = 2048) -> np.ndarray:
+    """Clean train-split views for re-estimating a sub-model's BatchNorm statistics (fixed, seeded); the cloud
+    checkpoint carries them, so the cloud never needs the data set."""
     images, _ = load_fashion_mnist("train")
     idx = np.random.default_rng(1234).choice(len(images), size=count // (4 if quick else 1), replace=False)
-    return batch_to_tensor(images[np.sort(idx)])
+    return np.ascontiguousarray(images[np.sort(idx)])
 
 
 def train_model(recipe: Recipe, seed: int, progress: bool = True, desc: str = "") -> nn.Module:
@@ -142,8 +144,9 @@ def train_model(recipe: Recipe, seed: int, progress: bool = True, desc: str = ""
     if recipe.train_samples:
         keep = np.sort(rng.choice(len(images), recipe.train_samples, replace=False))
         images, labels = images[keep], labels[keep]
-    x_all, y_all = batch_to_tensor(images), torch.from_numpy(labels.copy())
-    model = make_model(recipe.kind, recipe.config).to(memory_format=torch.channels_last)
+    preprocess = Preprocessor(fashion_mnist_description())
+    x_all, y_all = preprocess.tensor(images), torch.from_numpy(labels.copy())
+    model = create_model(recipe.arch, **recipe.config).to(memory_format=torch.channels_last)
     steps = recipe.epochs * (len(x_all) // recipe.batch_size)
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.lr, total_steps=steps, pct_start=0.25)
@@ -177,83 +180,77 @@ def train_model(recipe: Recipe, seed: int, progress: bool = True, desc: str = ""
     bar.close()
     model = model.to(memory_format=torch.contiguous_format)
     if modular:
-        recalibrate_bn(model, calibration_images(quick=recipe.train_samples > 0))
+        recalibrate(model, preprocess.tensor(calibration_views(quick=recipe.train_samples > 0)))
     return model.eval()
 
 
-def _paths(name: str, quick: bool, cache_dir: Path | str | None) -> tuple[Path, Path]:
-    folder = cache_root(cache_dir) / ("quick" if quick else "full")
-    return folder / f"{name}.pt", folder / f"{name}.json"
+def _manifest_path(name: str, quick: bool, cache_dir: Path | str | None) -> Path:
+    return checkpoint.default_path(name, quick, cache_dir).with_suffix(".json")
 
 
-def _manifest_ok(path: Path, recipe: Recipe) -> bool:
+def _manifest_ok(path: Path, recipe: Recipe | None) -> bool:
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
-    return manifest.get("code_hash") == code_hash() and manifest.get("recipe") == recipe.__dict__
+    return manifest.get("code_hash") == code_hash() and (recipe is None or manifest.get("recipe") == recipe.__dict__)
+
+
+def _write(name: str, quick: bool, cache_dir, model: nn.Module, manifest: dict,
+           calibration: np.ndarray | None = None) -> dict:
+    test_x, test_y = load_fashion_mnist("test")
+    manifest = {**manifest, "name": name, "code_hash": code_hash(), "torch": str(torch.__version__),
+                "clean_test_accuracy": round(accuracy(model, test_x, test_y), 4), "params": count_params(model),
+                "macs": count_macs(model)}
+    checkpoint.save(checkpoint.default_path(name, quick, cache_dir), model, fashion_mnist_description(),
+                    calibration, manifest)
+    _manifest_path(name, quick, cache_dir).write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+def write_defaults(cloud: ModularNet, quick: bool, cache_dir, manifest: dict) -> dict:
+    """The default edge model: the sub-model the default budget affords, its statistics calibrated."""
+    calibration = calibration_views(quick)
+    spec = derive_spec(cloud, default_budget(cloud))
+    edge = calibrated_submodel(cloud, spec, Preprocessor(fashion_mnist_description()).tensor(calibration))
+    return _write("edge", quick, cache_dir, edge, {**manifest, "derived_from": "cloud", "recipe": None,
+                                                  "budget_macs": default_budget(cloud).max_macs})
 
 
 def train_all(quick: bool = False, cache_dir: Path | str | None = None, force: bool = False,
               progress: bool = True, seed: int = 0) -> dict[str, dict]:
     """Train whatever is missing or stale in the cache; returns each model's manifest."""
-    manifests = {}
-    test_x, test_y = load_fashion_mnist("test")
+    manifests, retrained = {}, set()
     for name, recipe in RECIPES["quick" if quick else "full"].items():
-        ckpt, mpath = _paths(name, quick, cache_dir)
-        if not force and ckpt.exists() and _manifest_ok(mpath, recipe):
-            manifests[name] = json.loads(mpath.read_text())
+        path = _manifest_path(name, quick, cache_dir)
+        if not force and checkpoint.default_path(name, quick, cache_dir).exists() and _manifest_ok(path, recipe):
+            manifests[name] = json.loads(path.read_text())
             continue
         t0 = time.time()
         model = train_model(recipe, seed, progress, desc=f"train {name}{' (quick)' if quick else ''}")
         manifest = {
-            "name": name, "recipe": recipe.__dict__, "seed": seed, "code_hash": code_hash(),
+            "recipe": recipe.__dict__, "seed": seed,
             "data": "Fashion-MNIST train split (Debian dataset-fashion-mnist), "
                     + ("generic augmentation only" if recipe.augment else "no augmentation"),
-            "command": " ".join(["eclm-ros", *sys.argv[1:]]) if sys.argv else "", "train_seconds": round(
-                time.time() - t0, 1), "clean_test_accuracy": round(accuracy(model, test_x, test_y), 4),
-            "params": count_params(model), "macs": count_macs(model), "torch": torch.__version__,
-        }
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"kind": recipe.kind, "config": model.config(), "state_dict": model.state_dict()}, tmp)
-        tmp.replace(ckpt)
-        mpath.write_text(json.dumps(manifest, indent=2))
-        manifests[name] = manifest
+            "command": " ".join(["eclm-ros", *sys.argv[1:]]) if sys.argv else "",
+            "train_seconds": round(time.time() - t0, 1)}
+        manifests[name] = _write(name, quick, cache_dir, model, manifest,
+                                 calibration_views(quick) if name == "cloud" else None)
+        retrained.add(name)
+    edge_path = _manifest_path("edge", quick, cache_dir)  # derived from the cloud model: redone with it
+    if "cloud" in retrained or not checkpoint.default_path("edge", quick, cache_dir).exists() or not _manifest_ok(edge_path, None):
+        cloud = checkpoint.load(checkpoint.default_path("cloud", quick, cache_dir)).model
+        manifests["edge"] = write_defaults(cloud, quick, cache_dir, {k: manifests["cloud"][k] for k in (
+            "seed", "data", "command")})
+    else:
+        manifests["edge"] = json.loads(edge_path.read_text())
     return manifests
 
 
-def load_checkpoint(name: str, quick: bool = False, cache_dir: Path | str | None = None,
-                    train_if_missing: bool = True) -> nn.Module:
-    """A trained model from the cache, in eval mode; trains the cache first if it is missing or stale."""
-    recipe = RECIPES["quick" if quick else "full"].get(name)
-    if recipe is None:
-        raise KeyError(f"unknown model {name!r} (known: {', '.join(RECIPES['full'])})")
-    ckpt, mpath = _paths(name, quick, cache_dir)
-    if not (ckpt.exists() and _manifest_ok(mpath, recipe)):
-        if not train_if_missing:
-            raise FileNotFoundError(f"no up-to-date checkpoint {ckpt}: run 'eclm-ros train{' --quick' * quick}'")
-        train_all(quick=quick, cache_dir=cache_dir)
-    blob = torch.load(ckpt, map_location="cpu", weights_only=True)
-    model = make_model(blob["kind"], blob["config"])
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()
-
-
-def edge_budget(cloud: ModularNet, fraction: float = EDGE_BUDGET_FRACTION) -> Budget:
-    """The default edge device's budget: a share of the cloud model's MACs per frame."""
-    return Budget(max_macs=int(spec_cost(cloud, cloud.spec)[1] * fraction))
-
-
-def edge_submodel(cloud: ModularNet, spec: SubModelSpec, quick: bool = False) -> ModularNet:
-    """A sub-model ready to serve: modules copied from the cloud model, BatchNorm statistics re-estimated."""
-    return recalibrate_bn(build_submodel(cloud, spec), calibration_images(quick))
-
-
-def load_edge_model(quick: bool = False, cache_dir: Path | str | None = None) -> ModularNet:
-    """The default edge model: the sub-model the default edge budget affords, before any adaptation."""
-    cloud = load_checkpoint("cloud", quick, cache_dir)
-    return edge_submodel(cloud, derive_spec(cloud, edge_budget(cloud)), quick)
+def load(name: str, quick: bool = False, cache_dir: Path | str | None = None) -> checkpoint.Checkpoint:
+    """A default model's checkpoint, trained first when missing or stale (for commands; nodes never train)."""
+    train_all(quick=quick, cache_dir=cache_dir, progress=True)
+    return checkpoint.load(checkpoint.default_path(name, quick, cache_dir))
 
 
 def cli(argv: list[str]) -> int:
@@ -267,12 +264,9 @@ def cli(argv: list[str]) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     manifests = train_all(quick=args.quick, cache_dir=args.cache, force=args.force)
-    cloud = load_checkpoint("cloud", args.quick, args.cache)
-    edge = load_edge_model(args.quick, args.cache)
-    test_x, test_y = load_fashion_mnist("test")
     print(f"{'model':<12} {'params':>9} {'MACs':>11} {'clean acc':>9} {'train s':>8}")
     for name, m in manifests.items():
-        print(f"{name:<12} {m['params']:>9} {m['macs']:>11} {m['clean_test_accuracy']:>9.4f} {m['train_seconds']:>8}")
-    print(f"{'edge (sub)':<12} {count_params(edge):>9} {count_macs(edge):>11} "
-          f"{accuracy(edge, test_x, test_y):>9.4f}   spec {edge.spec.to_json()} of cloud {cloud.spec.to_json()}")
+        print(f"{name:<12} {m['params']:>9} {m['macs']:>11} {m['clean_test_accuracy']:>9.4f} "
+              f"{m.get('train_seconds', '-'):>8}")
+    print(f"written to {checkpoint.default_path('cloud', args.quick, args.cache).parent}")
     return 0

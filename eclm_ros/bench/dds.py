@@ -3,10 +3,10 @@
 Fast DDS reads its XML profile once per process, so each configuration (the shipped profile, or Fast DDS's
 defaults) runs in a process of its own: ``bench_edge`` starts one per configuration and reads the JSON it writes.
 
-    python -m eclm_ros.bench_transport e2e --profile shipped|none --out r.json [--seconds 10] [--quick]
+    python -m eclm_ros.bench.dds e2e --profile shipped|none --out r.json [--seconds 10] [--quick]
         camera (640x480 rgb8, 30 Hz, sensor-data QoS) -> the real edge_learner -> this process, recording
         /predictions: latency = receive time - the Image header stamp (one host, one clock)
-    python -m eclm_ros.bench_transport updates --profile shipped|none --out r.json [--count 10] [--megabytes 20]
+    python -m eclm_ros.bench.dds updates --profile shipped|none --out r.json [--count 10] [--megabytes 20]
         ModelUpdates (reliable, transient-local, chunked as the cloud chunks them) to a receiver process that
         reassembles them, checks the digest and acknowledges each
 ``camera`` and ``update-receiver`` are the helper processes those two start.
@@ -14,6 +14,7 @@ defaults) runs in a process of its own: ``bench_edge`` starts one per configurat
 from __future__ import annotations
 
 import argparse
+import array
 import json
 import os
 import random
@@ -25,6 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.checkpoint import default_path
+from ..sim.camera import camera_frames
+from .report import latency_stats
+
 PROFILE_VAR = "FASTDDS_DEFAULT_PROFILES_FILE"
 
 
@@ -32,14 +37,6 @@ def shipped_profile() -> Path:
     from ament_index_python.packages import get_package_share_directory
 
     return Path(get_package_share_directory("eclm_ros")) / "config" / "fastdds_profile.xml"
-
-
-def _percentiles(values_ms: list[float]) -> dict[str, float]:
-    if not values_ms:
-        return {"p50_ms": float("nan"), "p95_ms": float("nan"), "p99_ms": float("nan"), "max_ms": float("nan")}
-    v = np.asarray(values_ms)
-    return {"p50_ms": float(np.percentile(v, 50)), "p95_ms": float(np.percentile(v, 95)),
-            "p99_ms": float(np.percentile(v, 99)), "max_ms": float(v.max())}
 
 
 def _spin_node(name: str):
@@ -62,29 +59,16 @@ def _wait(predicate, timeout: float, what: str, node=None) -> None:
             time.sleep(0.05)
 
 
-def camera_frames(width: int = 640, height: int = 480, count: int = 30) -> list:
-    """Fashion-MNIST test images scaled up to camera frames (rgb8), ready to assign to Image.data."""
-    import array
-
-    import cv2
-
-    from eclm_ros.core.data import load_fashion_mnist
-
-    images, _ = load_fashion_mnist("test")
-    return [array.array("B", cv2.cvtColor(cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR),
-                                          cv2.COLOR_GRAY2RGB).tobytes()) for img in images[:count]]
-
-
 def camera(args) -> dict:
     """Publish frames at a fixed rate, each stamped just before it is published."""
     import rclpy
     from sensor_msgs.msg import Image
 
-    from eclm_ros.ros_io import SENSOR_QOS
+    from eclm_ros.ros.ros_io import SENSOR_QOS
 
     node = _spin_node("bench_camera")
     pub = node.create_publisher(Image, args.topic, SENSOR_QOS)
-    frames = camera_frames(args.width, args.height)
+    frames = [array.array("B", f.tobytes()) for f in camera_frames(30, args.width, args.height)]
     _wait(lambda: pub.get_subscription_count() > 0, args.timeout, f"a subscriber on {args.topic}")
     time.sleep(1.0)  # the subscriber's own publishers are still being discovered
     msg = Image(height=args.height, width=args.width, encoding="rgb8", step=args.width * 3)
@@ -113,15 +97,16 @@ def e2e(args) -> dict:
     """Camera -> edge_learner -> recorder, three processes; latency and delivery of the measured frames."""
     import yaml
 
-    from eclm_ros.launcher import NodeProcess, Recorder, node_executable
+    from eclm_ros.ros.launcher import NodeProcess, Recorder, node_executable
     from eclm_ros.msg import Prediction
-    from eclm_ros.ros_io import RELIABLE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS
 
     tmp = Path(tempfile.mkdtemp(prefix="eclm-bench-e2e-"))
     ns = "/bench_e2e"
     params = tmp / "edge_learner.yaml"
     params.write_text(yaml.safe_dump({"/**/edge_learner": {"ros__parameters": {
-        "edge_id": "bench", "quick_models": args.quick, "model_cache": args.cache or "", "runtime": args.runtime,
+        "edge_id": "bench", "model_path": str(default_path("edge", args.quick, args.cache or None)),
+        "runtime": args.runtime,
         "cloud_namespace": f"{ns}/no_cloud"}}}))
     received: list[tuple[int, int, str, int]] = []
 
@@ -136,7 +121,7 @@ def e2e(args) -> dict:
         procs.append(NodeProcess([*node_executable("edge_learner"), "--ros-args", "-r", f"__ns:={ns}",
                                   "--params-file", str(params)], tmp / "edge_learner.log"))
         cam_out = tmp / "camera.json"
-        procs.append(NodeProcess([sys.executable, "-m", "eclm_ros.bench_transport", "camera", "--topic",
+        procs.append(NodeProcess([sys.executable, "-m", "eclm_ros.bench.dds", "camera", "--topic",
                                   f"{ns}/image", "--frames", str(args.frames), "--warmup", str(args.warmup),
                                   "--out", str(cam_out)], tmp / "camera.log"))
         deadline = time.monotonic() + args.timeout + (args.frames + args.warmup) / 30.0
@@ -159,8 +144,7 @@ def e2e(args) -> dict:
     return {"frames_published": cam["published"], "predictions": len(measured),
             "delivery_ratio": len(measured) / max(cam["published"], 1), "late_publishes": cam["late_publishes"],
             "served_versions": sorted({v for *_, v in received}), "edge_alive": edge_alive,
-            "runtime": args.runtime, **_percentiles(latencies), "mean_ms": float(np.mean(latencies)) if latencies
-            else float("nan"), "log_dir": str(tmp)}
+            "runtime": args.runtime, **latency_stats(latencies), "log_dir": str(tmp)}
 
 
 def update_receiver(args) -> None:
@@ -172,7 +156,7 @@ def update_receiver(args) -> None:
     from eclm_ros.core.chunking import Reassembler
     from eclm_ros.core.tensor_codec import digest
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import RELIABLE_QOS, UPDATE_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, UPDATE_QOS
 
     node = _spin_node("bench_update_receiver")
     chunks = Reassembler(max_payloads=4, max_bytes=512 * 1024 * 1024, timeout_s=60.0)
@@ -205,9 +189,9 @@ def updates(args) -> dict:
 
     from eclm_ros.core.chunking import split
     from eclm_ros.core.tensor_codec import pack
-    from eclm_ros.launcher import NodeProcess, Recorder
+    from eclm_ros.ros.launcher import NodeProcess, Recorder
     from eclm_ros.msg import ModelUpdate
-    from eclm_ros.ros_io import RELIABLE_QOS, UPDATE_QOS, bundle_to_msg
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, UPDATE_QOS, bundle_to_msg
 
     tmp = Path(tempfile.mkdtemp(prefix="eclm-bench-updates-"))
     ns = "/bench_updates"
@@ -216,7 +200,7 @@ def updates(args) -> dict:
     recorder.node.create_subscription(String, f"{ns}/ack", lambda m: acked.setdefault(m.data, time.time_ns()),
                                       RELIABLE_QOS)
     pub = recorder.publisher(ModelUpdate, f"{ns}/model_updates", UPDATE_QOS)
-    receiver = NodeProcess([sys.executable, "-m", "eclm_ros.bench_transport", "update-receiver", "--namespace", ns],
+    receiver = NodeProcess([sys.executable, "-m", "eclm_ros.bench.dds", "update-receiver", "--namespace", ns],
                            tmp / "receiver.log")
     floats = int(args.megabytes * 1024 * 1024) // 4
     bundle = pack({"weights": np.random.default_rng(0).standard_normal(floats).astype(np.float32)}, compress=False)
@@ -245,8 +229,7 @@ def updates(args) -> dict:
         recorder.close()
     done = [t for t in times if t is not None]
     return {"count": args.count, "delivered": len(done), "megabytes": args.megabytes, "chunks": len(parts),
-            "max_chunk_bytes": args.max_chunk_bytes, "times_ms": times, **_percentiles(done),
-            "mean_ms": float(np.mean(done)) if done else float("nan"), "log_dir": str(tmp)}
+            "max_chunk_bytes": args.max_chunk_bytes, "times_ms": times, **latency_stats(done), "log_dir": str(tmp)}
 
 
 def _set_profile(choice: str) -> None:
@@ -259,7 +242,7 @@ def _set_profile(choice: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eclm_ros.bench_transport", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m eclm_ros.bench.dds", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="mode", required=True)
     for name in ("e2e", "updates"):
         p = sub.add_parser(name)

@@ -7,7 +7,7 @@ receive multi-MB updates over DDS? Every figure stands beside the obvious altern
 - Updates, applied as the edge node applies them (``updates.apply_update`` on a bundle): affine, modules (a
   re-composition) and full (a new structure), cold (first time) and warm; frames dropped while a 30 Hz camera
   (640x480 rgb8 through preprocessing, inference and selection) runs and another thread keeps applying updates.
-- Transport, real processes over DDS (``eclm_ros.bench_transport``, started per Fast DDS configuration):
+- Transport, real processes over DDS (``eclm_ros.bench.dds``, started per Fast DDS configuration):
   camera -> edge_learner -> Prediction latency and delivery at 640x480 rgb8, 30 Hz; 20 MB ModelUpdates, with the
   shipped profile and with Fast DDS's defaults.
 Results: DIR/results.json and DIR/results.md.
@@ -32,16 +32,21 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from .data import load_fashion_mnist
-from .edge_runtime import OrtEdgeRuntime, TorchEdgeRuntime, make_runtime
-from .models import ModularNet, SubModelSpec, build_submodel, count_macs, count_params
-from .norm import EMA_MOMENTUM, affine_state
-from .onnx_export import export_adaptive, state_vectors
-from .preprocess import SIZE, batch_to_array, to_gray, to_model_input
-from .selection import Selector, entropy_one
-from .tensor_codec import pack
-from .training import load_checkpoint, load_edge_model
-from .updates import KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE, apply_update
+from ..core.compose import modules_update
+from ..core.description import architecture_json
+from ..core.edge_runtime import OrtEdgeRuntime, TorchEdgeRuntime, make_runtime
+from ..core.messages import KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE
+from ..core.models import ModularNet, SubModelSpec, architecture, build_submodel, count_macs, count_params
+from ..core.norm import EMA_MOMENTUM, affine_state
+from ..core.onnx_export import export_adaptive, state_vectors
+from ..core.preprocess import Preprocessor
+from ..core.selection import Selector, entropy_one
+from ..core.tensor_codec import pack
+from ..core.updates import apply_update
+from ..sim.camera import camera_frames
+from ..sim.data import load_fashion_mnist
+from ..training import trainer
+from .report import latency_stats
 
 RUNTIMES = ("torch", "ort_default", "ort_tuned")
 CAMERA_HZ = 30.0
@@ -64,9 +69,8 @@ class OrtDefault:
 
 
 def _stats(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {"fps": float(1000 / ms.mean()), "mean_ms": float(ms.mean()), "p50_ms": float(np.percentile(ms, 50)),
-            "p99_ms": float(np.percentile(ms, 99)), "max_ms": float(ms.max())}
+    stats = latency_stats(np.asarray(seconds) * 1000)
+    return {"fps": 1000 / stats["mean_ms"], **stats}
 
 
 def measure_runtimes(model: torch.nn.Module, frames: np.ndarray, rounds: int, block: int,
@@ -79,7 +83,7 @@ def measure_runtimes(model: torch.nn.Module, frames: np.ndarray, rounds: int, bl
                                   "ort_tuned": OrtEdgeRuntime(copy.deepcopy(model))}
     if extra_allcores:
         runners["ort_default_allcores"] = OrtDefault(copy.deepcopy(model), threads=0)
-    selectors = {name: Selector(10) for name in runners}
+    selectors = {name: Selector(model.num_classes) for name in runners}
     times: dict[tuple[str, bool], list[float]] = {(n, s): [] for n in runners for s in (False, True)}
     for runner in runners.values():
         for x in frames[:50]:
@@ -111,8 +115,6 @@ class UpdatePlan:
     -> A (KIND_FULL), and per structure an affine update (KIND_NORM_AFFINE)."""
 
     def __init__(self, edge: ModularNet, cloud: ModularNet) -> None:
-        from .compose import modules_update
-
         a = edge.spec
         b = SubModelSpec(tuple((next(m for m in cloud.stages[0].module_ids if m not in a.stages[0]),)
                                if s == 0 else ids for s, ids in enumerate(a.stages)))
@@ -120,7 +122,7 @@ class UpdatePlan:
         if c == a:
             c = cloud.spec
         self.models = {"A": edge, "B": build_submodel(cloud, b), "C": build_submodel(cloud, c)}
-        self.specs = {k: json.dumps(m.config()) for k, m in self.models.items()}
+        self.specs = {k: architecture_json(architecture(m)) for k, m in self.models.items()}
         self.affine = {k: [pack({n: (v.numpy() * scale).astype(np.float32) for n, v in affine_state(m).items()},
                                 encoding="fp16") for scale in (0.9, 1.1)] for k, m in self.models.items()}
         full = {k: pack({n: v.numpy() for n, v in m.state_dict().items()}) for k, m in self.models.items()}
@@ -147,7 +149,7 @@ def measure_update_latency(edge: ModularNet, cloud: ModularNet, kind: str, affin
     """Time to apply each kind of update; the first modules/full update of a structure is 'cold'."""
     runtime = make_runtime(kind, copy.deepcopy(edge))
     plan = UpdatePlan(edge, cloud)
-    x = np.zeros((1, 1, SIZE, SIZE), np.float32)
+    x = np.zeros(edge.input_shape, np.float32)
     affine = [plan.affine_update(runtime, i) for i in range(affine_repeats)]
     swaps: dict[str, list[float]] = {"modules": [], "full": []}
     for _ in range(cycles):
@@ -161,25 +163,14 @@ def measure_update_latency(edge: ModularNet, cloud: ModularNet, kind: str, affin
             "full_apply_cold_ms": float(full[0]), "full_apply_ms": float(np.median(full[1:]))}
 
 
-def camera_frames(count: int = 8, width: int = 640, height: int = 480) -> list[np.ndarray]:
-    """Fashion-MNIST test images scaled up to rgb8 camera frames."""
-    import cv2
-
-    images, _ = load_fashion_mnist("test")
-    return [cv2.cvtColor(cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR), cv2.COLOR_GRAY2RGB)
-            for img in images[:count]]
-
-
-def measure_drops(edge: ModularNet, cloud: ModularNet, kind: str, seconds: float) -> dict:
+def measure_drops(edge: ModularNet, cloud: ModularNet, kind: str, seconds: float, preprocess: Preprocessor) -> dict:
     """A 30 Hz camera thread does the node's per-frame work (640x480 rgb8 -> preprocessing -> inference ->
     selection) while another thread applies an update every 100 ms (a modules or full update every second);
     a frame is dropped when its answer is not ready before the next frame is due."""
-    import cv2
-
     runtime = make_runtime(kind, copy.deepcopy(edge))
     plan = UpdatePlan(edge, cloud)
-    frames, selector = camera_frames(), Selector(10)
-    x = np.empty((1, 1, SIZE, SIZE), np.float32)
+    frames, selector = camera_frames(), Selector(edge.num_classes)
+    x = np.empty(edge.input_shape, np.float32)
     stop = threading.Event()
     applied = {"affine": 0, "modules": 0, "full": 0, "failed": 0}
 
@@ -206,8 +197,7 @@ def measure_drops(edge: ModularNet, cloud: ModularNet, kind: str, seconds: float
         pause = due - time.perf_counter()
         if pause > 0:
             time.sleep(pause)
-        small = cv2.resize(to_gray(frames[k % len(frames)]), (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-        to_model_input(small, out=x[0])
+        preprocess.frame_input(frames[k % len(frames)], out=x[0])
         probs = runtime.infer(x)[0]
         selector.select_one(probs, entropy_one(probs))
         done = time.perf_counter()
@@ -222,7 +212,7 @@ def measure_drops(edge: ModularNet, cloud: ModularNet, kind: str, seconds: float
 def run_transport(mode: str, profile: str, out_dir: Path, args: list[str], timeout: float) -> dict:
     """One transport measurement in its own process (Fast DDS reads its profile once per process)."""
     out = out_dir / f"{mode}-{profile}.json"
-    cmd = [sys.executable, "-m", "eclm_ros.bench_transport", mode, "--profile", profile, "--out", str(out), *args]
+    cmd = [sys.executable, "-m", "eclm_ros.bench.dds", mode, "--profile", profile, "--out", str(out), *args]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=dict(os.environ))
     except subprocess.TimeoutExpired:
@@ -320,10 +310,11 @@ def print_tables(r: dict, console: Console) -> None:
 
 def run(args, console: Console) -> dict:
     torch.set_num_threads(1)
-    edge = load_edge_model(args.quick, args.cache)
-    cloud = load_checkpoint("cloud", args.quick, args.cache)
+    edge_ckpt = trainer.load("edge", args.quick, args.cache)
+    edge, cloud = edge_ckpt.model, trainer.load("cloud", args.quick, args.cache).model
+    preprocess = Preprocessor(edge_ckpt.description)
     images, _ = load_fashion_mnist("test")
-    frames = batch_to_array(images[:2000])[:, None]
+    frames = preprocess.batch(images[:2000])[:, None]
     quick = args.quick
     r: dict = {"config": {"command": " ".join(["eclm-ros bench-edge", *args.argv]), "quick": quick,
                           "model": f"{type(edge).__name__} {edge.spec.stages}, {count_params(edge):,} params, "
@@ -336,7 +327,7 @@ def run(args, console: Console) -> dict:
         r["update_latency"] = {k: measure_update_latency(edge, cloud, k, 20 if quick else 100, 2 if quick else 4)
                                for k in ("onnx", "torch")}
     with console.status(f"frames dropped during updates ({args.seconds:.0f} s per runtime)"):
-        r["drops"] = {k: measure_drops(edge, cloud, k, args.seconds) for k in ("onnx", "torch")}
+        r["drops"] = {k: measure_drops(edge, cloud, k, args.seconds, preprocess) for k in ("onnx", "torch")}
     r["e2e"], r["update_20mb"] = {}, {}
     if not args.no_transport:
         tmp = Path(tempfile.mkdtemp(prefix="eclm-bench-edge-"))

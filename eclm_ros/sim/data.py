@@ -13,12 +13,20 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from ..core.description import ModelDescription
+
 FASHION_MNIST_DIR = Path(os.environ.get("ECLM_ROS_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                          "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530  # train-split pixel statistics (0..1)
 _FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
           "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp")
+
+
+def fashion_mnist_description() -> ModelDescription:
+    """The default models' input: 28x28 grey Fashion-MNIST, its train-split normalisation, its ten classes."""
+    return ModelDescription((28, 28), 1, (FASHION_MNIST_MEAN,), (FASHION_MNIST_STD,), FASHION_MNIST_CLASSES)
 
 
 class DataNotFoundError(FileNotFoundError):

@@ -1,0 +1,95 @@
+"""What every benchmarked method is and what it may start from."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..core.checkpoint import Checkpoint
+from ..core.description import ModelDescription
+from ..core.preprocess import Preprocessor
+from ..training import trainer
+
+
+@dataclass
+class Traffic:
+    """Edge-cloud traffic of a method, in real encoded bytes."""
+
+    uplink_bytes: int = 0
+    downlink_bytes: int = 0
+    uploaded_frames: int = 0
+    updates: int = 0
+
+
+class Method(Protocol):
+    name: str
+    traffic: Traffic
+
+    def step(self, images: np.ndarray) -> np.ndarray:
+        """Predict uint8 frames [B,H,W(,3)] with the current edge model, then learn from them."""
+
+
+@dataclass
+class BenchContext:
+    """What a method may start from: trained checkpoints (fresh copies per method) and clean training views."""
+
+    quick: bool
+    seed: int
+    cache_dir: Path | None = None
+    _cache: dict = field(default_factory=dict)
+
+    def _loaded(self, name: str) -> Checkpoint:
+        if name not in self._cache:
+            self._cache[name] = trainer.load(name, self.quick, self.cache_dir)
+        return self._cache[name]
+
+    def checkpoint(self, name: str) -> Checkpoint:
+        """A fresh copy of a default model's checkpoint (``cloud``, ``edge``, ``edge_small``)."""
+        return copy.deepcopy(self._loaded(name))
+
+    def _model(self, name: str) -> nn.Module:
+        return self.checkpoint(name).model
+
+    def cloud_model(self) -> nn.Module:
+        return self._model("cloud")
+
+    def edge_model(self) -> nn.Module:
+        """The default edge model: the sub-model of the cloud model the default edge budget affords."""
+        return self._model("edge")
+
+    def edge_small(self) -> nn.Module:
+        return self._model("edge_small")
+
+    @property
+    def description(self) -> ModelDescription:
+        return self._loaded("edge").description
+
+    @property
+    def num_classes(self) -> int:
+        return self.description.num_classes
+
+    def to_tensor(self, views: np.ndarray) -> torch.Tensor:
+        if "preprocess" not in self._cache:
+            self._cache["preprocess"] = Preprocessor(self.description)
+        return self._cache["preprocess"].tensor(views)
+
+    def clean_holdout(self) -> torch.Tensor:
+        """Clean TRAIN-split inputs (never test images), e.g. for EATA's Fisher information."""
+        return self.to_tensor(self._loaded("cloud").calibration)
+
+
+class TorchMethod:
+    """An on-device method: a torch model and one function that predicts (and maybe adapts) a batch."""
+
+    def __init__(self, name: str, model: nn.Module, forward: Callable[[torch.Tensor], torch.Tensor],
+                 to_tensor: Callable[[np.ndarray], torch.Tensor]) -> None:
+        self.name, self.model, self.forward, self.to_tensor = name, model, forward, to_tensor
+        self.traffic = Traffic()
+
+    def step(self, images: np.ndarray) -> np.ndarray:
+        return self.forward(self.to_tensor(images)).argmax(1).numpy()

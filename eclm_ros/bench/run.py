@@ -1,0 +1,141 @@
+"""`eclm-ros bench`: every adaptation method on the same shifting stream, side by side, in one run.
+
+A method sees only pixels, batch after batch, and must predict each batch with its edge model as it is at
+that moment before it learns from it. Edge-cloud traffic is counted from the bytes the codec and the image
+encoder actually produce. Results: DIR/results.json, DIR/results.md and DIR/accuracy.png.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..core.models import count_macs, count_params
+from ..core.norm import affine_param_fraction
+from ..core.strategies import default_budget
+from ..core.tensor_codec import pack
+from ..sim.data import load_fashion_mnist
+from ..sim.evaluation import Evaluator
+from ..sim.world import Schedule, WorldStream, default_schedule, parse_schedule
+from ..training.trainer import accuracy
+from .baselines import METHODS as BASELINES
+from .collab import METHODS as COLLAB_METHODS
+from .method import BenchContext, Method
+from .report import goals, to_markdown, write_results
+
+METHODS: dict[str, Callable[[BenchContext], Method]] = {**BASELINES, **COLLAB_METHODS}
+
+
+def run_method(method: Method, batches: list[tuple[np.ndarray, list]], progress=None, task=None) -> dict:
+    ev = Evaluator()
+    t0 = time.perf_counter()
+    frames = 0
+    for images, truths in batches:
+        pred = method.step(images)
+        ev.add_predictions([t.index for t in truths], pred)
+        frames += len(images)
+        if progress is not None:
+            progress.advance(task, len(images))
+    wall = time.perf_counter() - t0
+    for _, truths in batches:
+        for t in truths:
+            ev.add_truth(t.index, t.label, t.segment_index, t.environment)
+    tr = method.traffic
+    return {"accuracy": ev.accuracy(), "per_segment": ev.per_segment(), "frames": frames,
+            "upload_ratio": tr.uploaded_frames / max(frames, 1), "uplink_bytes": tr.uplink_bytes,
+            "downlink_bytes": tr.downlink_bytes, "updates": tr.updates, "wall_s": round(wall, 2),
+            "_evaluator": ev}
+
+
+def default_streams(severities: list[int], frames_per_segment: int) -> dict[str, Schedule]:
+    """The default benchmark: all 15 corruptions in a row, continual, once per severity."""
+    return {f"severity_{sev}": default_schedule(sev, frames_per_segment) for sev in severities}
+
+
+def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int, seed: int,
+              quick: bool, cache_dir: Path | None = None, console: Console | None = None) -> dict:
+    console = console or Console()
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    ctx = BenchContext(quick, seed, cache_dir)
+    test_x, test_y = load_fashion_mnist("test")
+    cloud, edge, small = ctx.cloud_model(), ctx.edge_model(), ctx.edge_small()
+    models = {name: {"params": count_params(m), "macs": count_macs(m),
+                     "clean_accuracy": round(accuracy(m, test_x, test_y), 4)}
+              for name, m in (("cloud", cloud), ("edge", edge), ("edge_small", small))}
+    models["edge"]["spec"] = [list(s) for s in edge.spec.stages]
+    models["edge"]["affine_fraction"] = round(affine_param_fraction(edge), 4)
+    models["edge"]["weights_bytes"] = pack(edge.state_dict(), compress=False).wire_size
+    models["edge"]["budget_macs"] = default_budget(cloud).max_macs
+    results = {"config": {"methods": methods, "streams": {k: s.to_string() for k, s in streams.items()},
+                          "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True,
+                          "torch_threads": torch.get_num_threads()},
+               "models": models, "runs": {}}
+    evaluators = {}
+    for key, schedule in streams.items():
+        stream = WorldStream(test_x, test_y, schedule, seed)
+        batches = list(stream.batches(batch_size))  # generated once: every method sees identical frames
+        run = {}
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=True) as progress:
+            for name in methods:
+                torch.manual_seed(seed)
+                method = METHODS[name](ctx)
+                task = progress.add_task(f"{key}: {name}", total=len(stream))
+                res = run_method(method, batches, progress, task)
+                evaluators[(key, name)] = res.pop("_evaluator")
+                run[name] = res
+                console.print(f"{key} {name:<16} accuracy {res['accuracy']:.4f}  "
+                              f"upload {res['upload_ratio']:.3f}  {res['wall_s']:.1f} s")
+        results["runs"][key] = {"schedule": schedule.to_string(), "methods": run}
+    results["_evaluators"] = evaluators
+    results["goals"] = {key: goals(run["methods"], models) for key, run in results["runs"].items()}
+    return results
+
+
+def cli(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="eclm-ros bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny models and a short stream (CI, < 5 min)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="output directory")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, from {','.join(METHODS)}")
+    parser.add_argument("--severity", default="3,5", help="comma-separated severities (1..5)")
+    parser.add_argument("--frames-per-segment", type=int, default=0, help="0 = 1000 (quick: 64)")
+    parser.add_argument("--schedule", default="", help="one stream of your own instead of the severities, e.g. "
+                        "the demo's: 'clean:450,fog@3:900,...' (see world.parse_schedule)")
+    parser.add_argument("--batch", type=int, default=64, help="frames per step")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        severities = [int(s) for s in args.severity.split(",")]
+        if not all(1 <= s <= 5 for s in severities):
+            raise ValueError
+    except ValueError:
+        parser.error(f"--severity takes comma-separated integers 1..5, got {args.severity!r}")
+    if args.batch < 1:
+        parser.error("--batch must be >= 1")
+    fps = args.frames_per_segment or (64 if args.quick else 1000)
+    try:
+        streams = {"custom": parse_schedule(args.schedule)} if args.schedule else default_streams(severities, fps)
+    except ValueError as exc:
+        parser.error(str(exc))
+    console = Console()
+    try:
+        results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], streams, args.batch,
+                            args.seed, args.quick, args.cache, console)
+    except ValueError as exc:
+        parser.error(str(exc))
+    write_results(results, args.out)
+    console.print(to_markdown(results))
+    console.print(f"wrote {args.out}/results.json, results.md, accuracy.png")
+    return 0

@@ -1,0 +1,351 @@
+"""The cloud, without ROS: registrations, per-edge versions, the learning strategy, update encoding per link,
+signing, chunking, persistence.
+
+Uploads are admitted (registered edge, decodable, signed by the edge's enrolled key when keys are set) and
+queued, bounded; learning jobs run on the caller's thread (``process``, the benchmark) or on a worker thread
+(``start``, the node), so message handling never waits for a backward pass. Every update leaves as a signed,
+versioned ``ModelUpdate`` sized to the edge's measured downlink, in chunks when large, through a
+``CloudLink``. State (versions and everything the strategy learned) is saved atomically and restored on
+restart, so edges keep their versions and what the cloud learned for them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .bandwidth import ENCODING_ORDER, link_encoding
+from .chunking import split
+from .health import OK, WARN, EventWindow, Health
+from .messages import (KIND_FULL, EdgeStatus, LearnedModules, ModelUpdate, Profile, Registration, RegistrationReply,
+                       SampleBatch, UpdateHeader)
+from .models import BudgetError
+from .preprocess import ImageFormatError, Preprocessor
+from .selection import decode_frames
+from .signing import EdgeKeys, SignatureError
+from .strategies import Cause, ModulesRefused, Strategy, Update
+from .tensor_codec import CodecError, pack, unpack
+from .transport import CloudLink
+from .updates import signature_for
+
+STATE_FILE = "coordinator_state.pt"
+
+
+@dataclass
+class CoordinatorConfig:
+    """The coordinator's settings (the node's parameters)."""
+
+    update_encoding: str = "fp16"
+    update_deadline_s: float = 1.0
+    max_pending_batches: int = 64
+    max_chunk_bytes: int = 16 * 1024 * 1024
+    resync_grace_s: float = 2.0  # a heartbeat this soon after an update may not have seen it yet
+
+    def check(self) -> None:
+        rules = [("update_encoding", self.update_encoding in ENCODING_ORDER, "raw, fp16 or int8"),
+                 ("update_deadline_s", self.update_deadline_s > 0, "must be > 0"),
+                 ("max_pending_batches", self.max_pending_batches >= 1, "must be >= 1"),
+                 ("max_chunk_bytes", self.max_chunk_bytes > 0, "must be > 0"),
+                 ("resync_grace_s", self.resync_grace_s >= 0, "must be >= 0")]
+        for name, ok, why in rules:
+            if not ok:
+                raise ValueError(f"{name}={getattr(self, name)!r} refused: {why}")
+
+
+class Coordinator:
+    """One cloud serving any number of edges through ``link``."""
+
+    def __init__(self, strategy: Strategy, link: CloudLink, config: CoordinatorConfig | None = None, *,
+                 private_key=None, edge_keys: EdgeKeys | None = None, state_dir: Path | str | None = None,
+                 clock: Callable[[], float] = time.monotonic, log: logging.Logger | None = None) -> None:
+        self.config = config or CoordinatorConfig()
+        self.config.check()
+        self.strategy, self.link = strategy, link
+        self.private_key, self.edge_keys = private_key, edge_keys
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.clock = clock
+        self.log = log or logging.getLogger("eclm_ros.cloud")
+        self.preprocess = Preprocessor(strategy.description)
+        self.lock = threading.RLock()  # message handlers and the learning thread share the strategy
+        self.versions: dict[str, int] = {}
+        self.sent_at: dict[str, float] = {}  # edge -> when its newest update left
+        self.full_version: dict[str, int] = {}  # edge -> version of its newest full update
+        self.last_status: dict[str, EdgeStatus] = {}
+        self.downlinks: dict[str, float] = {}  # edge -> measured downlink bit/s
+        self.counters = Counter(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0,
+                                registrations=0, recompositions=0, merges_accepted=0, merges_refused=0,
+                                modules_integrated=0, rejected_modules=0)
+        self.encodings = Counter(dict.fromkeys(ENCODING_ORDER, 0))
+        self.events = EventWindow(10.0, clock)
+        self.last_reject = ""
+        self.work: queue.Queue = queue.Queue(maxsize=self.config.max_pending_batches)
+        self._running = threading.Event()
+        self._worker: threading.Thread | None = None
+        if self.state_dir is not None and (self.state_dir / STATE_FILE).exists():
+            self.restore()
+
+    def configure(self, **changes) -> None:
+        """Change settings while running (a node's run-time parameters), checked first."""
+        new = replace(self.config, **changes)
+        new.check()
+        with self.lock:
+            self.config = new
+            self.work.maxsize = new.max_pending_batches
+
+    # -- edges ----------------------------------------------------------------------------------------
+    def register(self, request: Registration) -> RegistrationReply:
+        """A registration doubles as the edge's heartbeat: an edge already in sync (same profile, the version
+        the cloud last sent) gets nothing; a new, returning or out-of-sync edge gets its full model, at a
+        version above the one it serves (it would refuse a lower one as stale)."""
+        edge_id = request.edge_id
+        if not edge_id:
+            return RegistrationReply(False, "edge_id must not be empty")
+        with self.lock:
+            if self.strategy.in_sync(edge_id, request.profile) and self._version_in_sync(edge_id, request.current_version):
+                return RegistrationReply(True, "in sync", self.strategy.served_spec(edge_id), request.current_version)
+            try:
+                update = self.strategy.register(edge_id, request.profile)
+            except BudgetError as exc:
+                self.log.warning(f"refused registration of {edge_id!r}: {exc}")
+                return RegistrationReply(False, str(exc))
+            self.versions[edge_id] = max(self.versions.get(edge_id, 0), int(request.current_version))
+            version = self.publish(edge_id, update, "raw")
+        self.counters["registrations"] += 1
+        self.log.info(f"edge {edge_id} {update.cause.value}, sent version {version}")
+        return RegistrationReply(True, update.cause.value, update.submodel_spec, version)
+
+    def _version_in_sync(self, edge_id: str, version: int) -> bool:
+        """The edge serves the newest version, or one of the versions that were still travelling to it."""
+        newest = self.versions.get(edge_id)
+        if newest is None or version > newest:
+            return False
+        in_flight = self.clock() - self.sent_at.get(edge_id, -float("inf")) < self.config.resync_grace_s
+        return version == newest or (in_flight and version >= self.full_version.get(edge_id, newest))
+
+    def reassemble(self, edge_id: str, profile: Profile, reason: str = "operator") -> RegistrationReply:
+        """Re-derive an edge's sub-model for a new budget (or its current environment); the weights follow as
+        an update, like a registration's."""
+        with self.lock:
+            if edge_id not in self.versions:
+                return RegistrationReply(False, f"edge {edge_id!r} has not registered")
+            try:
+                update = self.strategy.reassemble(edge_id, profile, reason)
+            except BudgetError as exc:
+                self.log.warning(f"refused re-assembly for {edge_id!r}: {exc}")
+                return RegistrationReply(False, str(exc))
+            version = self.publish(edge_id, update, "raw")
+        self.log.info(f"re-assembled {edge_id}: {update}, version {version}")
+        return RegistrationReply(True, str(update), update.submodel_spec, version)
+
+    def on_status(self, status: EdgeStatus) -> None:
+        self.last_status[status.edge_id] = status
+
+    def on_link(self, edge_id: str, downlink_bps: float, link_up: bool = True) -> None:
+        """An edge's measured downlink (its bandwidth monitor); a non-finite or negative one is refused."""
+        if not np.isfinite(downlink_bps) or downlink_bps < 0:
+            self._refuse("link", f"link estimate for {edge_id!r}: downlink {downlink_bps} bit/s")
+            return
+        self.downlinks[edge_id] = downlink_bps if link_up else 0.0
+
+    # -- uploads --------------------------------------------------------------------------------------
+    def on_samples(self, batch: SampleBatch) -> bool:
+        """Admit an upload and queue it for learning; False (counted, with the reason) when refused or dropped."""
+        try:
+            if batch.edge_id not in self.versions:
+                raise ValueError(f"samples from unregistered edge {batch.edge_id!r}")
+            self._check_signature(batch.edge_id, batch.signed_bytes(), batch.signature_scheme, batch.signature)
+            views = np.stack([self.preprocess.view(v) for v in decode_frames(batch.frames, self.preprocess.channels)])
+        except (ValueError, SignatureError, ImageFormatError) as exc:
+            self.refuse_samples(f"batch {batch.batch_seq} of {batch.edge_id}: {exc}")
+            return False
+        if not self._submit(("samples", batch.edge_id, views)):
+            return False
+        self.counters["batches"] += 1
+        self.counters["frames"] += len(views)
+        return True
+
+    def on_modules(self, msg: LearnedModules) -> bool:
+        """A trainable edge's adapted modules: decoded strictly here, integrated on the learning thread."""
+        try:
+            if msg.edge_id not in self.versions:
+                raise ValueError(f"modules from unregistered edge {msg.edge_id!r}")
+            self._check_signature(msg.edge_id, msg.signed_bytes(), msg.signature_scheme, msg.signature)
+            tensors = {k: torch.from_numpy(v) for k, v in unpack(msg.bundle).items()}
+        except (ValueError, CodecError, SignatureError) as exc:
+            self.counters["rejected_modules"] += 1
+            self._refuse("modules", f"modules of {msg.edge_id}: {exc}")
+            return False
+        return self._submit(("modules", msg.edge_id, (msg.submodel_spec, tensors, int(msg.frames))))
+
+    def refuse_samples(self, text: str) -> None:
+        """An upload that will not teach the cloud (also the node's own decoding failures)."""
+        self.counters["rejected_batches"] += 1
+        self._refuse("samples", text)
+
+    def merge_round(self) -> None:
+        """Queue a merge round across edges (ECAvg), run by the learning thread like every other job."""
+        self._submit(("merge", "", None))
+
+    def _check_signature(self, edge_id: str, data: bytes, scheme: str, signature: bytes) -> None:
+        if self.edge_keys is not None:
+            self.edge_keys.check(edge_id, data, scheme, bytes(signature))
+
+    def _submit(self, job: tuple) -> bool:
+        try:
+            self.work.put_nowait(job)
+            return True
+        except queue.Full:
+            if job[0] == "samples":
+                self.counters["dropped_batches"] += 1
+                self.events.add("dropped_batches")
+            return False
+
+    def _refuse(self, kind: str, text: str) -> None:
+        self.events.add(f"refused/{kind}")
+        self.last_reject = text
+        self.log.warning(f"refused {text}")
+
+    # -- learning -------------------------------------------------------------------------------------
+    def process(self, max_jobs: int | None = None) -> int:
+        """Run queued learning jobs on this thread; returns how many ran."""
+        done = 0
+        while max_jobs is None or done < max_jobs:
+            try:
+                job = self.work.get_nowait()
+            except queue.Empty:
+                break
+            self._run(job)
+            done += 1
+        return done
+
+    def start(self) -> None:
+        """Learn on a worker thread until ``close``."""
+        self._running.set()
+        self._worker = threading.Thread(target=self._learn_loop, name="eclm-learner", daemon=True)
+        self._worker.start()
+
+    def _learn_loop(self) -> None:
+        while self._running.is_set():
+            try:
+                job = self.work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            self._run(job)
+
+    def _run(self, job: tuple) -> None:
+        kind, edge_id, data = job
+        try:
+            with self.lock:
+                if kind == "samples":
+                    self._send(edge_id, self.strategy.on_samples(edge_id, data))
+                elif kind == "modules":
+                    self._send(edge_id, self.strategy.on_modules(edge_id, *data))
+                    self.counters["modules_integrated"] += 1
+                else:
+                    self._merge()
+        except ModulesRefused as exc:
+            self.counters["rejected_modules"] += 1
+            self._refuse("modules", f"modules of {edge_id}: {exc}")
+        except Exception as exc:  # a learning failure must not stop the coordinator
+            self._refuse("learning", f"{kind} for {edge_id}: {type(exc).__name__}: {exc}")
+
+    def _send(self, edge_id: str, update: Update | None) -> None:
+        if update is None:
+            return
+        version = self.publish(edge_id, update, self.config.update_encoding)
+        if update.cause is Cause.RECOMPOSED:
+            self.counters["recompositions"] += 1
+            self.log.info(f"{edge_id}: {update} (version {version})")
+
+    def _merge(self) -> None:
+        updates, decisions = self.strategy.aggregate()
+        for decision in decisions:
+            self.counters["merges_accepted" if decision.accepted else "merges_refused"] += 1
+            (self.log.info if decision.accepted else self.log.warning)(str(decision))
+        for edge_id, update in updates.items():
+            self._send(edge_id, update)
+
+    # -- updates --------------------------------------------------------------------------------------
+    def publish(self, edge_id: str, update: Update, encoding: str) -> int:
+        """Version, encode (as small as the edge's downlink needs), sign and chunk an update, and send it."""
+        with self.lock:
+            version = self.versions.get(edge_id, 0)
+            new_version = version + 1
+            payload = sum(int(t.numel()) * t.element_size() for t in update.tensors.values())
+            encoding = link_encoding(encoding, payload, self.downlinks.get(edge_id, 0.0), self.config.update_deadline_s)
+            self.encodings[encoding] += 1
+            bundle = pack(update.tensors, encoding=encoding)
+            header = UpdateHeader(edge_id, uuid.uuid4().hex, new_version, 0 if update.kind == KIND_FULL else version,
+                                  update.kind, update.submodel_spec)
+            if self.private_key is not None:
+                scheme, key_id, signature = signature_for(header, bundle, self.private_key)
+                header = replace(header, signature_scheme=scheme, key_id=key_id, signature=signature)
+            chunks = split(bundle.payload, self.config.max_chunk_bytes)
+            parts = [ModelUpdate(header, replace(bundle, payload=chunk), i, len(chunks)) for i, chunk in enumerate(chunks)]
+            self.versions[edge_id] = new_version
+            self.sent_at[edge_id] = self.clock()
+            if update.kind == KIND_FULL:
+                self.full_version[edge_id] = new_version
+            self.counters["updates"] += 1
+        self.link.send_update(edge_id, parts)
+        return new_version
+
+    # -- persistence and health -----------------------------------------------------------------------
+    def save(self) -> None:
+        """Write the state atomically and durably: temp file, fsync, rename (a crash leaves the old one)."""
+        if self.state_dir is None:
+            return
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        with self.lock:
+            blob = {"versions": dict(self.versions), "strategy": self.strategy.state_dict()}
+        with open(tmp, "wb") as f:
+            torch.save(blob, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_dir / STATE_FILE)
+
+    def restore(self) -> None:
+        path = self.state_dir / STATE_FILE
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+            self.strategy.load_state_dict(blob["strategy"])
+            self.versions = {str(k): int(v) for k, v in blob["versions"].items()}
+        except Exception as exc:  # a corrupt or foreign state file: start fresh rather than not at all
+            self.log.error(f"cannot restore {path} ({type(exc).__name__}: {exc}): starting without saved state")
+            self.versions = {}
+
+    def health(self) -> list[Health]:
+        c, w = self.counters, self.events.counts()
+        refused = sum(n for k, n in w.items() if k.startswith("refused/"))
+        edges = Health("edges", OK, f"{len(self.versions)} edges",
+                       {f"version/{e}": v for e, v in sorted(self.versions.items())})
+        uploads = Health("uploads", WARN if refused or w["dropped_batches"] else OK,
+                         f"{refused} refused, {w['dropped_batches']} dropped in 10 s: {self.last_reject}"
+                         if refused or w["dropped_batches"] else f"{c['frames']} frames learned from",
+                         {**{k: c[k] for k in ("batches", "frames", "rejected_batches", "dropped_batches",
+                                               "modules_integrated", "rejected_modules")},
+                          "queue": self.work.qsize(), "last_reject": self.last_reject})
+        updates = Health("updates", OK, f"{c['updates']} sent",
+                         {**{k: c[k] for k in ("updates", "registrations", "recompositions", "merges_accepted",
+                                               "merges_refused")},
+                          **{f"updates_{k}": v for k, v in self.encodings.items()}})
+        return [edges, uploads, updates]
+
+    def close(self) -> None:
+        """Stop learning and save (a job in progress finishes on its daemon thread or dies with the process)."""
+        self._running.clear()
+        if self._worker is not None:
+            self._worker.join(timeout=1.0)
+        self.save()
+

@@ -1,0 +1,93 @@
+"""The edge agent's and the cloud coordinator's links over DDS: the ``transport`` interfaces as ROS topics and
+services. Each edge receives its updates on its own topic (``<cloud>/updates/<edge_id>``), so no robot is sent
+another robot's weights."""
+from __future__ import annotations
+
+import re
+from typing import Callable
+
+from rclpy.duration import Duration
+
+from ..core import messages as m
+from ..msg import EdgeStatus, LearnedModules, ModelUpdate, SampleBatch
+from ..srv import RegisterEdge
+from .ros_io import (RELIABLE_QOS, UPDATE_QOS, modules_to_msg, profile_to_msg, samples_to_msg, status_to_msg,
+                     update_to_msg)
+
+EDGE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+def edge_id_for(node, configured: str) -> str:
+    """The configured edge id, or the node's namespace as one ("/robot1" -> "robot1", "/fleet/r2" ->
+    "fleet_r2"); ValueError when it cannot name a topic."""
+    edge_id = configured or node.get_namespace().strip("/").replace("/", "_")
+    if not EDGE_ID.match(edge_id):
+        raise ValueError(f"edge_id {edge_id!r} refused: set edge_id or a namespace; it names a topic, so letters, "
+                         f"digits and _ only, starting with a letter")
+    return edge_id
+
+
+def updates_topic(cloud_namespace: str, edge_id: str) -> str:
+    """An edge's update topic; relative to the node's own namespace when ``cloud_namespace`` is '' (the cloud)."""
+    ns = cloud_namespace.rstrip("/")
+    return f"{ns}/updates/{edge_id}" if ns else f"updates/{edge_id}"
+
+
+class DdsEdgeLink:
+    """An edge's link: uploads, status and modules on the cloud's topics, registration as a service call."""
+
+    def __init__(self, node, cloud_namespace: str) -> None:
+        self.node = node
+        ns = cloud_namespace.rstrip("/")
+        self.samples = node.create_publisher(SampleBatch, f"{ns}/samples", RELIABLE_QOS)
+        self.status = node.create_publisher(EdgeStatus, f"{ns}/edge_status", RELIABLE_QOS)
+        self.modules = node.create_publisher(LearnedModules, f"{ns}/learned_modules", RELIABLE_QOS)
+        self.client = node.create_client(RegisterEdge, f"{ns}/register_edge")
+        self._pending = None
+
+    def _now(self):
+        return self.node.get_clock().now().to_msg()
+
+    def cloud_ready(self) -> bool:
+        return self.client.service_is_ready()
+
+    def register(self, request: m.Registration, done: Callable[[m.RegistrationReply], None]) -> None:
+        if self._pending is not None and not self._pending.done():  # given up by the agent: forget it
+            self.client.remove_pending_request(self._pending)
+        self._pending = future = self.client.call_async(RegisterEdge.Request(
+            edge_id=request.edge_id, profile=profile_to_msg(request.profile), current_version=request.current_version))
+
+        def answered(f) -> None:
+            reply = f.result()
+            if reply is not None:
+                done(m.RegistrationReply(reply.accepted, reply.message, reply.submodel_spec, int(reply.version)))
+        future.add_done_callback(answered)
+
+    def send_samples(self, batch: m.SampleBatch) -> None:
+        self.samples.publish(samples_to_msg(batch, self._now()))
+
+    def send_modules(self, modules: m.LearnedModules) -> None:
+        self.modules.publish(modules_to_msg(modules, self._now()))
+
+    def send_status(self, status: m.EdgeStatus) -> None:
+        self.status.publish(status_to_msg(status, self._now()))
+
+
+class DdsCloudLink:
+    """The cloud's link: one reliable, transient-local update topic per edge (a late-joining edge still gets
+    its newest updates), chunks paced so a keep-last history never drops one that is not yet acknowledged."""
+
+    def __init__(self, node, cloud_namespace: str) -> None:
+        self.node, self.namespace = node, cloud_namespace
+        self.publishers: dict[str, object] = {}
+
+    def send_update(self, edge_id: str, parts: list[m.ModelUpdate]) -> None:
+        pub = self.publishers.get(edge_id)
+        if pub is None:
+            pub = self.publishers[edge_id] = self.node.create_publisher(
+                ModelUpdate, updates_topic(self.namespace, edge_id), UPDATE_QOS)
+        stamp = self.node.get_clock().now().to_msg()
+        for i, part in enumerate(parts):
+            if i and i % UPDATE_QOS.depth == 0:
+                pub.wait_for_all_acked(Duration(seconds=5.0))
+            pub.publish(update_to_msg(part, stamp))

@@ -1,0 +1,91 @@
+"""camera_stream: a simulated camera over the shifting world (or an image folder / video / webcam).
+
+Publishes sensor_msgs/Image on `image` (sensor-data QoS) at `rate_hz`, and, for evaluation only, the true
+class of each frame on `ground_truth` with the same header.
+"""
+import cv2
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ...core.health import OK, Health
+from ...msg import GroundTruth
+from ...sim.data import ImageFolder, VideoSource, load_fashion_mnist
+from ...sim.world import WorldStream, parse_schedule
+from ..params import CAMERA_STREAM, NodeParameters
+from ..ros_io import RELIABLE_QOS, SENSOR_QOS, Diagnostics, numpy_to_image, run_node
+
+
+class CameraStream(Node):
+    def __init__(self) -> None:
+        super().__init__("camera_stream")
+        p = self.params = NodeParameters(self, CAMERA_STREAM, self.on_parameter)
+        size = p["size"]
+        if len(size) != 2 or min(size) < 1:
+            raise ValueError(f"parameter size={list(size)!r} refused: [width, height], two positive integers")
+        self.source = p["source"]
+        if self.source == "world":
+            x, y = load_fashion_mnist("test")
+            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"])
+        elif self.source == "folder":
+            x, y = ImageFolder(p["path"]).arrays()
+            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"])
+        else:
+            self.world = None
+            self.video = iter(VideoSource(p["path"]))
+        self.image_pub = self.create_publisher(Image, "image", SENSOR_QOS)
+        self.truth_pub = self.create_publisher(GroundTruth, "ground_truth", RELIABLE_QOS)
+        self.diagnostics = Diagnostics(self)
+        self.index = 0
+        self.msg = Image()
+        self.timer = self.create_timer(1.0 / p["rate_hz"], self.on_timer)
+        self.create_timer(1.0, lambda: self.diagnostics.publish([Health(
+            "camera", OK, "streaming", {"frames": self.index, "source": self.source})]))
+        self.get_logger().info(f"publishing {self.source} frames at {p['rate_hz']} Hz, {size[0]}x{size[1]} "
+                               f"{p['encoding']}")
+
+    def on_parameter(self, name: str, value) -> None:
+        if name == "rate_hz":
+            self.timer.timer_period_ns = int(1e9 / value)
+            self.timer.reset()
+
+    def _frame(self):
+        if self.world is None:
+            return next(self.video, None), None
+        if self.world.schedule.locate(self.index) is None:
+            return None, None
+        return self.world.frame(self.index)
+
+    def on_timer(self) -> None:
+        max_frames, encoding = self.params["max_frames"], self.params["encoding"]
+        if max_frames and self.index >= max_frames:
+            return
+        frame, truth = self._frame()
+        if frame is None:
+            self.timer.cancel()
+            self.get_logger().info(f"stream ended after {self.index} frames")
+            return
+        img = frame if isinstance(frame, np.ndarray) else frame.image
+        w, h = self.params["size"]
+        if img.shape[:2] != (h, w):
+            img = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+        if encoding == "mono8" and img.ndim == 3:
+            img = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+        elif encoding != "mono8":
+            img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB) if img.ndim == 2 else img
+            img = img[:, :, ::-1] if encoding == "bgr8" else img
+        msg = numpy_to_image(np.ascontiguousarray(img), encoding, self.msg)
+        msg.header.stamp = self.get_clock().now().to_msg()
+        msg.header.frame_id = self.params["frame_id"]
+        self.image_pub.publish(msg)
+        if truth is not None:
+            self.truth_pub.publish(GroundTruth(header=msg.header, frame_index=self.index, class_id=truth.label,
+                                               environment=truth.environment, segment_index=truth.segment_index))
+        self.index += 1
+
+def main() -> None:
+    run_node(CameraStream)
+
+
+if __name__ == "__main__":
+    main()

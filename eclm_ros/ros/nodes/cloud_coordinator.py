@@ -1,0 +1,112 @@
+"""cloud_coordinator: registers edges, learns from their uploads, sends each its signed, versioned updates.
+
+Services `register_edge`, `reassemble_submodel`, `bandwidth_probe`; subscribes `samples`, `edge_status`,
+`learned_modules`, `link_estimates`; publishes `updates/<edge_id>` (reliable, transient-local). Everything
+between those is the ROS-free ``Coordinator``, which learns on its own thread.
+"""
+from pathlib import Path
+
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+
+from ...core import checkpoint
+from ...core.coordinator import Coordinator, CoordinatorConfig
+from ...core.messages import Registration
+from ...core.signing import EdgeKeys, load_private_key
+from ...core.strategies import make_strategy
+from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
+from ...srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
+from ..links import DdsCloudLink
+from ..params import CLOUD_COORDINATOR, NodeParameters
+from ..ros_io import (RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, profile_from_msg, run_node,
+                      samples_from_msg, status_from_msg)
+
+RUNTIME_SETTINGS = ("update_encoding", "update_deadline_s", "max_chunk_bytes")
+MAX_PROBE_REPLY = 16 * 1024 * 1024
+
+
+class CloudCoordinator(Node):
+    multi_threaded = True
+
+    def __init__(self) -> None:
+        super().__init__("cloud_coordinator")
+        p = self.params = NodeParameters(self, CLOUD_COORDINATOR, self.on_parameter)
+        path = p["model_path"] or checkpoint.default_path("cloud")
+        cloud = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
+        self.coordinator = Coordinator(
+            make_strategy(p["strategy"], cloud), DdsCloudLink(self, ""),
+            CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
+            private_key=load_private_key(p["private_key"]) if p["private_key"] else None,
+            edge_keys=EdgeKeys(p["edge_keys_dir"]) if p["edge_keys_dir"] else None,
+            state_dir=Path(p["state_dir"]) if p["state_dir"] else None, log=core_logger(self, "cloud"))
+        group = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=group)
+        self.create_subscription(EdgeStatus, "edge_status", lambda msg: self.coordinator.on_status(
+            status_from_msg(msg)), RELIABLE_QOS, callback_group=group)
+        self.create_subscription(LearnedModules, "learned_modules", lambda msg: self.coordinator.on_modules(
+            modules_from_msg(msg)), RELIABLE_QOS, callback_group=group)
+        self.create_subscription(BandwidthEstimate, "link_estimates", lambda msg: self.coordinator.on_link(
+            msg.edge_id, msg.downlink_bps, msg.link_up), RELIABLE_QOS, callback_group=group)
+        self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
+        self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
+        self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
+                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.diagnostics = Diagnostics(self)
+        self.create_timer(1.0, lambda: self.diagnostics.publish(self.coordinator.health()), callback_group=group)
+        self.timers_by_name = {
+            "save_period_s": self.create_timer(p["save_period_s"], self.coordinator.save, callback_group=group),
+            "merge_period_s": self.create_timer(p["merge_period_s"], self.coordinator.merge_round,
+                                                callback_group=group)}
+        self.coordinator.start()
+        self.get_logger().info(f"cloud coordinator ready: {p['strategy']} on {path}, "
+                               f"{len(self.coordinator.versions)} edges restored")
+
+    def on_parameter(self, name: str, value) -> None:
+        if name in RUNTIME_SETTINGS:
+            self.coordinator.configure(**{name: value})
+        elif name == "max_pending_batches":
+            self.coordinator.configure(max_pending_batches=value)
+        elif name in self.timers_by_name:
+            self.timers_by_name[name].timer_period_ns = int(value * 1e9)
+            self.timers_by_name[name].reset()
+
+    def on_samples(self, msg: SampleBatch) -> None:
+        try:
+            batch = samples_from_msg(msg)
+        except ValueError as exc:
+            self.coordinator.refuse_samples(f"batch {msg.batch_seq} of {msg.edge_id!r}: {exc}")
+            return
+        self.coordinator.on_samples(batch)
+
+    def on_register(self, request, response):
+        reply = self.coordinator.register(Registration(request.edge_id, profile_from_msg(request.profile),
+                                                       int(request.current_version)))
+        response.accepted, response.message = reply.accepted, reply.message
+        response.submodel_spec, response.version = reply.submodel_spec, reply.version
+        return response
+
+    def on_reassemble(self, request, response):
+        """Re-derive an edge's sub-model for a new budget (or its current environment); the weights follow as
+        an update, like a registration's."""
+        reply = self.coordinator.reassemble(request.edge_id, profile_from_msg(request.profile),
+                                            request.reason or "operator")
+        response.accepted, response.message = reply.accepted, reply.message
+        response.submodel_spec, response.version = reply.submodel_spec, reply.version
+        return response
+
+    def on_probe(self, request, response):
+        response.seq = request.seq
+        response.received_bytes = len(request.payload)
+        response.payload = bytes(min(request.reply_bytes, MAX_PROBE_REPLY))
+        return response
+
+    def close(self) -> None:
+        self.coordinator.close()
+
+
+def main() -> None:
+    run_node(CloudCoordinator)
+
+
+if __name__ == "__main__":
+    main()

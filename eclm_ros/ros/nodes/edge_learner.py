@@ -1,0 +1,95 @@
+"""edge_learner: infer on any camera topic, upload the frames worth learning from, take cloud updates.
+
+Subscribes `image` (remap it to your camera) and `bandwidth`; publishes `predictions`; talks to the cloud
+through `<cloud_namespace>/samples`, `edge_status`, `learned_modules`, `updates/<edge_id>` and the
+`register_edge` service. Everything between those is the ROS-free ``EdgeAgent``.
+"""
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from ...core import checkpoint
+from ...core.edge_agent import EdgeAgent, EdgeConfig
+from ...core.edge_runtime import make_runtime
+from ...core.messages import Profile
+from ...core.signing import load_private_key, load_public_key
+from ...msg import BandwidthEstimate, ModelUpdate, Prediction
+from ..links import DdsEdgeLink, edge_id_for, updates_topic
+from ..params import EDGE_LEARNER, NodeParameters
+from ..ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, core_logger, image_to_numpy,
+                      run_node, update_from_msg)
+
+RUNTIME_SETTINGS = ("upload_ratio", "upload_batch", "max_queued_batches", "max_update_bytes", "register_period_s",
+                    "module_upload_frames", "chunk_timeout_s")
+PROFILE_SETTINGS = ("max_params", "max_macs", "max_latency_ms", "device")
+
+
+class EdgeLearner(Node):
+    def __init__(self) -> None:
+        super().__init__("edge_learner")
+        p = self.params = NodeParameters(self, EDGE_LEARNER, self.on_parameter)
+        path = p["model_path"] or checkpoint.default_path("edge")
+        model = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
+        config = EdgeConfig(edge_id=edge_id_for(self, p["edge_id"]), profile=self._profile(p.values),
+                            local_batch=p["local_batch"], **{k: p[k] for k in RUNTIME_SETTINGS})
+        runtime = make_runtime(p["runtime"], model.model, p["bn_momentum"], p["runtime_threads"],
+                               model.description.input_shape())
+        self.agent = EdgeAgent(runtime, model.description, DdsEdgeLink(self, p["cloud_namespace"]), config,
+                               cloud_key=load_public_key(p["cloud_public_key"]) if p["cloud_public_key"] else None,
+                               private_key=load_private_key(p["private_key"]) if p["private_key"] else None,
+                               log=core_logger(self, "edge"))
+        self.prediction = Prediction()  # reused: publish() serialises it at once
+        self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
+        self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
+        self.create_subscription(ModelUpdate, updates_topic(p["cloud_namespace"], config.edge_id), self.on_update,
+                                 UPDATE_QOS)
+        self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
+        self.diagnostics = Diagnostics(self)
+        self.create_timer(0.5, self.agent.tick)
+        self.create_timer(0.05, self.agent.finish_swap)  # a new model serves as soon as it is built
+        self.create_timer(1.0, lambda: self.diagnostics.publish(self.agent.health()))
+        self.get_logger().info(f"edge {config.edge_id} serving {path} ({model.description.num_classes} classes, "
+                               f"input {model.description.input_shape()}), waiting for the cloud")
+
+    @staticmethod
+    def _profile(values: dict) -> Profile:
+        return Profile(trainable=values["adapt_locally"], max_params=values["max_params"],
+                       max_macs=values["max_macs"], max_latency_ms=values["max_latency_ms"], device=values["device"])
+
+    def on_parameter(self, name: str, value) -> None:
+        """A run-time change goes straight into the agent (which validates it)."""
+        if name in RUNTIME_SETTINGS:
+            self.agent.configure(**{name: value})
+        elif name in PROFILE_SETTINGS:  # the next heartbeat carries it: the cloud re-derives the sub-model
+            self.agent.configure(profile=self._profile({**self.params.values, name: value}))
+
+    def on_image(self, msg: Image) -> None:
+        try:
+            frame = image_to_numpy(msg)
+        except ImageError as exc:
+            self.agent.reject_frame(str(exc))
+            return
+        pred = self.agent.on_frame(frame, (msg.header.stamp.sec, msg.header.stamp.nanosec),
+                                   "bgr" if msg.encoding == "bgr8" else "rgb")
+        if pred is None:
+            return
+        out = self.prediction
+        out.header, out.class_id, out.label, out.score = msg.header, pred.class_id, pred.label, pred.score
+        out.entropy, out.model_version, out.selected = pred.entropy, pred.model_version, pred.selected
+        self.pred_pub.publish(out)
+
+    def on_update(self, msg: ModelUpdate) -> None:
+        self.agent.on_update(update_from_msg(msg))
+
+    def on_bandwidth(self, msg: BandwidthEstimate) -> None:
+        self.agent.on_link(msg.upload_budget_bps if msg.link_up else 0.0)
+
+    def close(self) -> None:
+        self.agent.close()
+
+
+def main() -> None:
+    run_node(EdgeLearner)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Every node parameter, declared once: name, default, meaning, the values it takes, and whether it can change
+while the node runs. The nodes declare them from here (with ranges in their descriptors, so
+``ros2 param describe`` shows them), the README's parameter tables are generated from here
+(``python -m eclm_ros.ros.params``), and a test checks the shipped YAML files against them."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+BIG = 2 ** 62  # an integer parameter's "no upper limit" in its descriptor range
+
+
+@dataclass(frozen=True)
+class Param:
+    """``low``/``high`` bound numbers (inclusive; ``low_open`` excludes ``low``); ``choices`` bound strings.
+    A ``read_only`` parameter is read at start-up only; every other one takes effect when set."""
+
+    name: str
+    default: Any
+    description: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[str, ...] = ()
+    read_only: bool = False
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is refused, or None."""
+        if isinstance(self.default, bool) != isinstance(value, bool) or (
+                isinstance(self.default, str) and not isinstance(value, str)):
+            return f"expects a {type(self.default).__name__}"
+        if self.choices and value not in self.choices:
+            return f"must be one of {', '.join(self.choices)}"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                return "must be finite"
+            if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+                return f"must be {'>' if self.low_open else '>='} {self.low:g}"
+            if self.high is not None and value > self.high:
+                return f"must be <= {self.high:g}"
+        return None
+
+    def values_text(self) -> str:
+        if self.choices:
+            return " \\| ".join(self.choices)
+        if self.low is None and self.high is None:
+            return ""
+        lo = "" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+        hi = "" if self.high is None or self.high >= BIG else f"{self.high:g}]"
+        return f"{lo}, {hi or '∞)'}" if lo else f"≤ {hi}"
+
+
+MiB = 1024 * 1024
+CLOUD_NAMESPACE = Param("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services",
+                        read_only=True)
+
+EDGE_LEARNER = (
+    Param("edge_id", "", "this edge's id on the edge-cloud link ('' = the node's namespace, e.g. robot1)",
+          read_only=True),
+    Param("model_path", "", "edge model checkpoint ('' = the default trained model in $ECLM_ROS_CACHE or "
+          "~/.cache/eclm_ros: run 'eclm-ros train')", read_only=True),
+    Param("upload_ratio", 0.2, "share of frames the edge may upload", 0.0, 1.0),
+    Param("upload_batch", 16, "frames per SampleBatch", 1, 1024),
+    Param("max_queued_batches", 32, "uploads kept while the cloud is unreachable (oldest dropped first)", 1, 100_000),
+    Param("bn_momentum", 0.01, "per-frame EMA of BatchNorm statistics (forward-only adaptation)", 0.0, 1.0,
+          low_open=True, read_only=True),
+    Param("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or wrongly signed "
+          "updates are refused", read_only=True),
+    Param("private_key", "", "PEM file of this edge's Ed25519 key that signs its uploads ('' = unsigned; a "
+          "cloud with edge keys refuses them)", read_only=True),
+    Param("max_update_bytes", 64 * MiB, "largest update accepted", 1, BIG),
+    CLOUD_NAMESPACE,
+    Param("register_period_s", 5.0, "re-registration heartbeat: a restarted cloud is noticed within this time",
+          0.0, 3600.0, low_open=True),
+    Param("adapt_locally", False, "trainable profile: adapt the sub-model on the edge too (Tent, off the serving "
+          "path) and send its modules up for the cloud to integrate (ECLM)", read_only=True),
+    Param("local_batch", 16, "frames per local adaptation step", 2, 256, read_only=True),
+    Param("module_upload_frames", 512, "send the adapted modules up every this many adapted frames", 1, BIG),
+    Param("runtime", "onnx", "inference runtime: onnx (ONNX Runtime, forward-only devices) or torch",
+          choices=("onnx", "torch"), read_only=True),
+    Param("runtime_threads", 1, "inference threads (1 suits a small CPU shared with the robot)", 1, 64,
+          read_only=True),
+    Param("chunk_timeout_s", 30.0, "a chunked update still incomplete after this long is given up (and counted "
+          "as rejected)", 0.0, 3600.0, low_open=True),
+    Param("max_params", 0, "sub-model parameter budget (0 = the cloud's default budget); a change re-registers",
+          0, BIG),
+    Param("max_macs", 0, "sub-model multiply-accumulates per frame (0 = default budget); a change re-registers",
+          0, BIG),
+    Param("max_latency_ms", 0.0, "per-frame latency budget (0 = none); a change re-registers", 0.0, 1e6),
+    Param("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"),
+)
+
+CLOUD_COORDINATOR = (
+    Param("model_path", "", "modular cloud model checkpoint ('' = the default trained model in "
+          "$ECLM_ROS_CACHE or ~/.cache/eclm_ros: run 'eclm-ros train')", read_only=True),
+    Param("state_dir", "", "where per-edge state is saved and restored ('' = not persisted)", read_only=True),
+    Param("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = unsigned)", read_only=True),
+    Param("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem); when set, only uploads "
+          "and modules their edge signed are learned from ('' = any)", read_only=True),
+    Param("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module integration) or "
+          "eclm_ros (+ECAvg merge rounds across edges)", choices=("distil", "compose", "eclm_ros"), read_only=True),
+    Param("update_encoding", "fp16", "tensor encoding of affine updates (a smaller one when the downlink needs it)",
+          choices=("raw", "fp16", "int8")),
+    Param("update_deadline_s", 1.0, "an update must reach its edge within this time on the measured downlink; a "
+          "smaller encoding is used when it would not", 0.0, 3600.0, low_open=True),
+    Param("max_pending_batches", 64, "upload batches waiting for the learner before new ones are dropped", 1,
+          100_000),
+    Param("save_period_s", 10.0, "seconds between state saves", 0.0, 86400.0, low_open=True),
+    Param("max_chunk_bytes", 16 * MiB, "updates whose payload is larger travel in chunks of at most this many "
+          "bytes", 1024, BIG),
+    Param("merge_period_s", 30.0, "seconds between merge rounds across edges", 0.0, 86400.0, low_open=True),
+)
+
+BANDWIDTH_MONITOR = (
+    Param("edge_id", "", "the edge end of the measured link ('' = the node's namespace)", read_only=True),
+    Param("probe_period_s", 1.0, "seconds between probes", 0.05, 60.0),
+    Param("probe_bytes", 32768, "uplink payload per probe", 0, 16 * MiB),
+    Param("reply_bytes", 32768, "downlink payload per probe", 0, 16 * MiB),
+    Param("probe_timeout_s", 2.0, "a probe slower than this is lost", 0.0, 600.0, low_open=True),
+    Param("upload_share", 0.5, "share of the measured uplink the edge's uploads may use", 0.0, 1.0, low_open=True),
+    Param("window", 20, "probes in the estimate", 1, 10_000, read_only=True),
+    CLOUD_NAMESPACE,
+)
+
+CAMERA_STREAM = (
+    Param("source", "world", "world (Fashion-MNIST + schedule), folder, or video", choices=("world", "folder", "video"),
+          read_only=True),
+    Param("schedule", "clean:300,fog@3:600,contrast@3:600,gaussian_noise@3:600,motion_blur@3:600*",
+          "environment schedule: name[@severity]:frames[/transition], comma-separated, '*' repeats", read_only=True),
+    Param("seed", 0, "stream seed (same seed, same frames)", 0, BIG, read_only=True),
+    Param("rate_hz", 30.0, "frames per second", 0.0, 1000.0, low_open=True),
+    Param("size", [28, 28], "published frame [width, height] in pixels", read_only=True),
+    Param("encoding", "mono8", "Image encoding", choices=("mono8", "rgb8", "bgr8")),
+    Param("path", "", "image folder, video file or webcam index for source folder / video", read_only=True),
+    Param("frame_id", "camera", "frame_id of the published images"),
+    Param("max_frames", 0, "stop after this many frames (0 = never)", 0, BIG),
+)
+
+NODES: dict[str, tuple[Param, ...]] = {"edge_learner": EDGE_LEARNER, "cloud_coordinator": CLOUD_COORDINATOR,
+                                       "bandwidth_monitor": BANDWIDTH_MONITOR, "camera_stream": CAMERA_STREAM}
+
+
+def markdown_table(params: tuple[Param, ...]) -> str:
+    lines = ["| parameter | default | values | set at run time | meaning |", "|---|---|---|:---:|---|"]
+    for p in params:
+        default = f"'{p.default}'" if isinstance(p.default, str) else p.default
+        lines.append(f"| `{p.name}` | `{default}` | {p.values_text()} | {'no' if p.read_only else 'yes'} | "
+                     f"{p.description} |")
+    return "\n".join(lines)
+
+
+def readme_section() -> str:
+    """The README's parameter tables."""
+    parts = []
+    for node, params in NODES.items():
+        parts += [f"**{node}** (`config/{node}.yaml`)", "", markdown_table(params), ""]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+class NodeParameters:
+    """Declares a node's parameters from their ``Param`` specs (ranges in the descriptors), refuses bad values
+    with the reason at start-up and on every later ``set_parameters``, and hands accepted run-time changes to
+    ``on_change(name, value)``, which may refuse them too by raising ValueError."""
+
+    def __init__(self, node, params: tuple[Param, ...], on_change: Callable[[str, Any], None] | None = None) -> None:
+        from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+        self.node, self.specs, self.on_change = node, {p.name: p for p in params}, on_change
+        self.values: dict[str, Any] = {}
+        for p in params:
+            descriptor = ParameterDescriptor(description=p.description, read_only=p.read_only)
+            if p.choices:
+                descriptor.additional_constraints = f"one of: {', '.join(p.choices)}"
+            if p.low is not None and not isinstance(p.default, bool):
+                if isinstance(p.default, float):
+                    descriptor.floating_point_range = [FloatingPointRange(from_value=float(p.low),
+                                                                          to_value=float(p.high), step=0.0)]
+                elif isinstance(p.default, int):
+                    descriptor.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high), step=1)]
+            node.declare_parameter(p.name, p.default, descriptor)
+            value = node.get_parameter(p.name).value
+            why = p.problem(value)
+            if why is not None:
+                raise ValueError(f"parameter {p.name}={value!r} refused: {why}")
+            self.values[p.name] = value
+        node.add_on_set_parameters_callback(self._on_set)
+
+    def __getitem__(self, name: str) -> Any:
+        return self.values[name]
+
+    def _on_set(self, params):
+        from rcl_interfaces.msg import SetParametersResult
+
+        for p in params:
+            spec = self.specs.get(p.name)
+            if spec is None:
+                continue  # use_sim_time and the like: rclpy's own
+            why = spec.problem(p.value)
+            if why is None and self.on_change is not None:
+                try:
+                    self.on_change(p.name, p.value)
+                except ValueError as exc:
+                    why = str(exc)
+            if why is not None:
+                return SetParametersResult(successful=False, reason=f"{p.name}={p.value!r} refused: {why}")
+            self.values[p.name] = p.value
+        return SetParametersResult(successful=True)
+
+
+def main() -> None:
+    print(readme_section(), end="")
+
+
+if __name__ == "__main__":
+    main()
