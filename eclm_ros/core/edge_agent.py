@@ -96,7 +96,7 @@ class EdgeAgent:
         self.tokens = 0.0
         self.swapping: tuple | None = None  # (future, update) of a model being built off the serving path
         self.parked: deque[ModelUpdate] = deque(maxlen=self.config.parked_updates)
-        self.counters = Counter(frames=0, uploaded=0, applied=0, rejected_updates=0, rejected_images=0,
+        self.counters = Counter(frames=0, uploaded=0, uploaded_bytes=0, applied=0, rejected_updates=0, rejected_images=0,
                                 dropped_batches=0, batches_sent=0, ignored_updates=0, local_steps=0,
                                 modules_sent=0, adapt_skipped=0)
         self.reasons: Counter = Counter()  # refusals per kind, since start
@@ -205,13 +205,16 @@ class EdgeAgent:
                 batch = self.queue[0]
                 bits = 8 * sum(len(f) for f in batch.frames)
                 if self.budget_bps != float("inf"):
-                    if bits > self.tokens:  # the budget is spent: the batch waits for the next tick
+                    # the budget is spent: the batch waits; one larger than the bucket leaves once it is full
+                    # and is paid back from later ticks (tokens go negative), so every size keeps the rate
+                    if bits > self.tokens and self.tokens < 2.0 * self.budget_bps:
                         break
                     self.tokens -= bits
                 self.queue.popleft()
                 self.link.send_samples(batch)
                 self.counters["batches_sent"] += 1
                 self.counters["uploaded"] += len(batch.frames)
+                self.counters["uploaded_bytes"] += bits // 8
 
     def on_link(self, budget_bps: float) -> None:
         """The measured link's upload budget in bit/s (0 when the link is down)."""
@@ -423,7 +426,8 @@ class EdgeAgent:
         uploads = Health("uploads", WARN if dropped else OK,
                          f"{dropped} batches dropped in 10 s (queue full)" if dropped else
                          f"ratio {c['uploaded'] / max(c['frames'], 1):.3f}",
-                         {"uploaded": c["uploaded"], "batches_sent": c["batches_sent"], "queue": len(self.queue),
+                         {"uploaded": c["uploaded"], "uploaded_bytes": c["uploaded_bytes"],
+                          "batches_sent": c["batches_sent"], "queue": len(self.queue),
                           "dropped_batches": c["dropped_batches"], "modules_sent": c["modules_sent"]})
         refused = sum(n for kind, n in w.counts().items() if kind.startswith("refused/") and kind != "refused/image")
         updates = Health("updates", WARN if refused else OK,

@@ -157,9 +157,12 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
     cannot express."""
     if not 0 < momentum <= 1:
         raise ExportError(f"momentum must be in (0, 1], got {momentum}")
-    input_shape = tuple(input_shape or model.input_shape)
     model = copy.deepcopy(model).eval().requires_grad_(False)
     layout = layout_of(model)
+    input_shape = input_shape or getattr(model, "input_shape", None)
+    if input_shape is None:
+        raise ExportError(f"{type(model).__name__} has no input_shape: pass input_shape=(C, H, W)")
+    input_shape = tuple(input_shape)
     try:
         proto = _torch_export(model, input_shape)
     except Exception as exc:  # the tracer's failures have no common type

@@ -1,0 +1,237 @@
+"""The system without DDS: the edge agent and the cloud coordinator (the very objects the nodes run) over the
+in-memory network, on a simulated clock. Link budget and queue bound, parking during a slow swap, version
+order and resync after a cloud restart, refusal of forged / stale / oversized updates, signing both ways."""
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from eclm_ros.core.coordinator import Coordinator, CoordinatorConfig
+from eclm_ros.core.edge_agent import EdgeAgent, EdgeConfig
+from eclm_ros.core.edge_runtime import TorchEdgeRuntime, make_runtime
+from eclm_ros.core.messages import KIND_NORM_AFFINE, ModelUpdate, UpdateHeader
+from eclm_ros.core.norm import affine_state
+from eclm_ros.core.signing import EdgeKeys, generate_key, save_key_pair
+from eclm_ros.core.strategies import make_strategy
+from eclm_ros.core.tensor_codec import pack
+from eclm_ros.core.transport import InMemoryNetwork, LinkModel, SimClock
+from eclm_ros.core.updates import signature_for
+from eclm_ros.sim.corruptions import corrupt
+from eclm_ros.sim.data import load_fashion_mnist
+
+X, _ = load_fashion_mnist("test")
+FPS = 30.0
+
+
+def _frames(n: int, name: str = "contrast", seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.stack([corrupt(img, name, 5, rng) for img in X[seed:seed + n]])
+
+
+class World:
+    """One coordinator and its edges on a simulated clock; ``run(n)`` serves n camera frames on every edge."""
+
+    def __init__(self, quick_model, tmp_path, *, cloud_key=None, edge_keys=None, state_dir=None, **edge_config):
+        self.quick_model, self.tmp = quick_model, tmp_path
+        self.clock = SimClock()
+        self.net = InMemoryNetwork(self.clock)
+        self.cloud_key, self.edge_keys, self.state_dir = cloud_key, edge_keys, state_dir
+        self.cloud = self.start_cloud()
+        self.edges: dict[str, EdgeAgent] = {}
+        self.edge_config = edge_config
+        self.frames = _frames(256)
+
+    def start_cloud(self) -> Coordinator:
+        cloud = Coordinator(make_strategy("eclm_ros", self.quick_model("cloud")), self.net.cloud_link(),
+                            CoordinatorConfig(), private_key=self.cloud_key, edge_keys=self.edge_keys,
+                            state_dir=self.state_dir, clock=self.clock)
+        self.net.serve(cloud)
+        return cloud
+
+    def add_edge(self, edge_id: str = "robot1", runtime=None, private_key=None, uplink=LinkModel(),
+                 **config) -> EdgeAgent:
+        ckpt = self.quick_model("edge")
+        agent = EdgeAgent(runtime or make_runtime("onnx", ckpt.model), ckpt.description,
+                          self.net.connect(edge_id, uplink=uplink),
+                          EdgeConfig(edge_id=edge_id, **{**self.edge_config, **config}),
+                          cloud_key=self.cloud_key.public_key() if self.cloud_key else None,
+                          private_key=private_key, clock=self.clock, threaded=False)
+        self.net.attach(edge_id, agent)
+        self.edges[edge_id] = agent
+        return agent
+
+    def step(self) -> None:
+        self.clock.advance(1 / FPS)
+        self.net.deliver()
+        self.cloud.process()
+        self.net.deliver()
+        for agent in self.edges.values():
+            agent.tick()
+
+    def run(self, n: int, start: int = 0) -> list[int]:
+        """Serve n frames on every edge; the versions robot1 served them with."""
+        versions = []
+        for i in range(start, start + n):
+            for agent in self.edges.values():
+                pred = agent.on_frame(self.frames[i % len(self.frames)])
+                if agent is next(iter(self.edges.values())):
+                    versions.append(pred.model_version)
+            self.step()
+        return versions
+
+
+def test_the_loop_closes_and_versions_only_move_forward(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=8, upload_ratio=0.3)
+    agent = world.add_edge()
+    versions = world.run(400)
+    assert agent.registered and agent.counters["applied"] >= 3 and agent.counters["rejected_updates"] == 0
+    assert versions[0] == 0 and versions[-1] == agent.version == world.cloud.versions["robot1"]
+    assert all(b >= a for a, b in zip(versions, versions[1:]))  # served versions never go back
+    assert world.cloud.counters["frames"] == agent.counters["uploaded"] > 0
+
+
+def test_uploads_keep_to_the_link_budget_and_the_queue_is_bounded(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=4, upload_ratio=1.0, max_queued_batches=5)
+    agent = world.add_edge()
+    world.run(30)  # registered, unlimited link
+    sent = agent.counters["uploaded_bytes"]
+    budget = 4_000.0  # bit/s: a few PNG frames per second
+    agent.on_link(budget)
+    world.run(300, start=30)  # 10 s
+    assert 8 * (agent.counters["uploaded_bytes"] - sent) <= budget * (10 + 2)  # 10 s of budget + the 2 s bucket
+    assert agent.counters["uploaded_bytes"] > sent  # the budget is used, not just refused
+    assert len(agent.queue) == 5 and agent.counters["dropped_batches"] > 0  # the rest queued, bounded
+    agent.on_link(1e9)  # the link recovers
+    world.run(30, start=330)
+    assert len(agent.queue) == 0  # a recovered link drains the queue
+
+
+def test_an_outage_queues_uploads_and_the_edge_resyncs_after_it(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=4, upload_ratio=0.5, max_queued_batches=8,
+                  register_period_s=1.0)
+    agent = world.add_edge(uplink=LinkModel(outages=((5.0, 15.0),)))
+    world.run(120)  # 4 s
+    assert agent.registered
+    versions = world.run(300, start=120)  # 10 s of outage
+    assert not agent.registered and len(agent.queue) == 8 and agent.counters["dropped_batches"] > 0
+    assert len(versions) == 300  # served every frame
+    world.run(150, start=420)
+    assert agent.registered and len(agent.queue) == 0
+
+
+class SlowSwapRuntime(TorchEdgeRuntime):
+    """A runtime whose new models take until ``gate`` opens to build (a slow session build on a small CPU)."""
+
+    gate = threading.Event()
+
+    def _swap_now(self, model) -> None:
+        assert self.gate.wait(10)
+        super()._swap_now(model)
+
+
+def test_updates_arriving_during_a_slow_swap_are_parked_and_applied_in_order(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=4, upload_ratio=0.5)
+    ckpt = quick_model("edge")
+    agent = world.add_edge(runtime=SlowSwapRuntime(ckpt.model))
+    agent.threaded = True  # swaps on their own thread, as in the node
+    SlowSwapRuntime.gate.clear()
+    world.run(60)  # registration's full update is being built: affine updates based on it must wait
+    assert agent.swapping is not None and agent.version == 0
+    spec = world.cloud.strategy.served_spec("robot1")
+    for _ in range(3):
+        world.cloud.publish("robot1", _affine_update(ckpt.model, spec), "fp16")
+    world.net.deliver()
+    assert len(agent.parked) == 3 and agent.counters["rejected_updates"] == 0
+    SlowSwapRuntime.gate.set()
+    agent.swapping[0].result(timeout=10)
+    world.run(2)
+    assert agent.version == world.cloud.versions["robot1"] == 4 and agent.counters["rejected_updates"] == 0
+
+
+def _affine_update(model, spec: str):
+    from eclm_ros.core.strategies import Cause, Update
+
+    return Update(KIND_NORM_AFFINE, {k: v * 1.01 for k, v in affine_state(model).items()}, spec, Cause.DISTILLED)
+
+
+def test_a_restarted_cloud_resumes_versions_from_its_state(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, state_dir=tmp_path / "state", upload_batch=8, upload_ratio=0.3,
+                  register_period_s=1.0)
+    agent = world.add_edge()
+    world.run(200)
+    world.cloud.save()
+    before = agent.version
+    assert before >= 2
+    world.cloud = world.start_cloud()  # restarted from its saved state
+    assert world.cloud.versions["robot1"] == before
+    world.run(100)
+    assert agent.counters["rejected_updates"] == 0 and agent.version > before
+    assert world.cloud.counters["registrations"] == 0  # the heartbeat found it in sync: no full resend
+
+    world.state_dir = None
+    world.cloud = world.start_cloud()  # a cloud that lost everything: the edge re-registers, versions go on up
+    at_loss = agent.version
+    world.run(100)
+    assert world.cloud.counters["registrations"] == 1 and agent.version > at_loss
+    assert agent.counters["rejected_updates"] == 0
+
+
+def test_forged_stale_and_oversized_updates_are_refused_and_serving_goes_on(quick_model, tmp_path):
+    key = generate_key()
+    world = World(quick_model, tmp_path, cloud_key=key, max_update_bytes=200_000)
+    agent = world.add_edge()
+    world.run(10)
+    good_version = agent.version
+    assert good_version == 1
+    spec = world.cloud.strategy.served_spec("robot1")
+    tensors = {k: v.numpy() for k, v in affine_state(agent.runtime.model).items()}
+
+    def update(version, base, signer=key, tensors=tensors, kind=KIND_NORM_AFFINE) -> ModelUpdate:
+        bundle = pack(tensors, compress=False)
+        header = UpdateHeader("robot1", f"u{version}-{base}", version, base, kind, spec)
+        if signer is not None:
+            scheme, key_id, sig = signature_for(header, bundle, signer)
+            header = replace(header, signature_scheme=scheme, key_id=key_id, signature=sig)
+        return ModelUpdate(header, bundle)
+
+    big = {"x": np.zeros(100_000, np.float32)}
+    forged, unsigned, stale = update(2, 1, signer=generate_key()), update(2, 1, signer=None), update(1, 0)
+    altered = update(2, 1)
+    altered.bundle = replace(altered.bundle, payload=altered.bundle.payload[::-1])
+    for bad in (forged, unsigned, stale, altered, update(2, 1, tensors=big)):
+        agent.on_update(bad)
+    assert agent.counters["rejected_updates"] == 5 and agent.version == good_version
+    assert {"signature", "stale", "digest", "size"} <= set(agent.reasons)
+    agent.on_update(update(2, 1))  # the genuine one still lands
+    assert agent.version == 2
+    assert agent.on_frame(world.frames[0]).model_version == 2
+
+
+def test_the_cloud_learns_only_from_uploads_their_edge_signed(quick_model, tmp_path):
+    keys = tmp_path / "edge_keys"
+    keys.mkdir()
+    own = generate_key()
+    save_key_pair(own, tmp_path / "robot1.key", keys / "robot1.pem")
+    world = World(quick_model, tmp_path, edge_keys=EdgeKeys(keys), upload_batch=4, upload_ratio=0.5)
+    world.add_edge("robot1", private_key=own)
+    world.add_edge("robot2")  # registered, but unsigned: its uploads must not teach the cloud
+    world.run(120)
+    frames_by_signed = world.edges["robot1"].counters["uploaded"]
+    assert world.cloud.counters["frames"] == frames_by_signed > 0
+    assert world.cloud.counters["rejected_batches"] == world.edges["robot2"].counters["batches_sent"] > 0
+    assert "unsigned upload" in world.cloud.last_reject
+
+
+def test_run_time_settings_take_effect_and_bad_ones_are_refused(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=8, upload_ratio=0.1)
+    agent = world.add_edge()
+    agent.configure(upload_ratio=0.9, max_queued_batches=3)
+    assert agent.selector.target_ratio == 0.9 and agent.queue.maxlen == 3
+    with pytest.raises(ValueError, match="upload_ratio"):
+        agent.configure(upload_ratio=1.5)
+    assert agent.config.upload_ratio == 0.9  # a refused change changes nothing
+    with pytest.raises(ValueError, match="update_encoding"):
+        world.cloud.configure(update_encoding="bf16")
