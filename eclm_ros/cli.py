@@ -12,7 +12,7 @@ SUBCOMMANDS = {
     "train": ("eclm_ros.training.trainer", "train the cloud and edge models into the checkpoint cache"),
     "bench": ("eclm_ros.bench.run", "run every adaptation method on the same shifting stream, side by side"),
     "bench-edge": ("eclm_ros.bench.edge", "edge runtime speed, update latency and DDS transport figures"),
-    "demo": ("eclm_ros.ros.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
+    "demo": ("eclm_ros.bench.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
 }
 
 

@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(ros_available() is not None, reason=str(ros_avai
 
 
 def test_demo_writes_a_report(tmp_path, quick_cache, capsys):
-    from eclm_ros.ros.demo import cli
+    from eclm_ros.bench.demo import cli
 
     assert cli(["--quick", "--cache", str(quick_cache), "--duration", "25", "--rate", "20", "--out", str(tmp_path),
                 "--schedule", "clean:100,contrast@5:100000"]) == 0
@@ -26,7 +26,7 @@ def test_demo_writes_a_report(tmp_path, quick_cache, capsys):
 
 
 def test_demo_refuses_bad_arguments(capsys):
-    from eclm_ros.ros.demo import cli
+    from eclm_ros.bench.demo import cli
 
     with pytest.raises(SystemExit):
         cli(["--schedule", "rain@3:10"])

@@ -141,14 +141,16 @@ def test_updates_arriving_during_a_slow_swap_are_parked_and_applied_in_order(qui
     world.run(60)  # registration's full update is being built: affine updates based on it must wait
     assert agent.swapping is not None and agent.version == 0
     spec = world.cloud.strategy.served_spec("robot1")
+    parked = len(agent.parked)  # the cloud may already have distilled from the first uploads
     for _ in range(3):
         world.cloud.publish("robot1", _affine_update(ckpt.model, spec), "fp16")
     world.net.deliver()
-    assert len(agent.parked) == 3 and agent.counters["rejected_updates"] == 0
+    assert len(agent.parked) == parked + 3 and agent.counters["rejected_updates"] == 0
     SlowSwapRuntime.gate.set()
     agent.swapping[0].result(timeout=10)
     world.run(2)
-    assert agent.version == world.cloud.versions["robot1"] == 4 and agent.counters["rejected_updates"] == 0
+    assert agent.version == world.cloud.versions["robot1"] >= 4 and agent.counters["rejected_updates"] == 0
+    assert agent.counters["applied"] == agent.version  # every version applied once, in order
 
 
 def _affine_update(model, spec: str):
@@ -167,14 +169,14 @@ def test_a_restarted_cloud_resumes_versions_from_its_state(quick_model, tmp_path
     assert before >= 2
     world.cloud = world.start_cloud()  # restarted from its saved state
     assert world.cloud.versions["robot1"] == before
-    world.run(100)
+    world.run(300, start=200)
     assert agent.counters["rejected_updates"] == 0 and agent.version > before
     assert world.cloud.counters["registrations"] == 0  # the heartbeat found it in sync: no full resend
 
     world.state_dir = None
     world.cloud = world.start_cloud()  # a cloud that lost everything: the edge re-registers, versions go on up
     at_loss = agent.version
-    world.run(100)
+    world.run(300, start=500)
     assert world.cloud.counters["registrations"] == 1 and agent.version > at_loss
     assert agent.counters["rejected_updates"] == 0
 

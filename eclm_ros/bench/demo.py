@@ -22,7 +22,6 @@ import torch
 import yaml
 from rich.console import Console
 
-from ..bench.report import plot_rolling
 from ..core import checkpoint
 from ..core.preprocess import Preprocessor
 from ..core.signing import generate_key, save_key_pair
@@ -30,7 +29,8 @@ from ..sim.data import load_fashion_mnist
 from ..sim.evaluation import Evaluator
 from ..sim.world import WorldStream, parse_schedule
 from ..training import trainer
-from .launcher import NodeProcess, Recorder, node_executable, wait_for
+from ..ros.launcher import NodeProcess, Recorder, node_executable, wait_for
+from .report import plot_rolling
 
 DEFAULT_SCHEDULE = ("clean:450,fog@3:900,contrast@3:900,gaussian_noise@3:900,motion_blur@3:900,"
                     "brightness@3:900,pixelate@3:900,frost@3:900")
@@ -86,8 +86,8 @@ def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, qu
 def _in_process(frames: list[int], schedule: str, seed: int, quick: bool, cache) -> Evaluator:
     """The same system in one process (``eclm-ros bench``'s eclm_ros method) on the same stream, up to the last
     frame the demo evaluated: how far DDS, timing and dropped frames move the demo from the benchmark."""
-    from ..bench.method import BenchContext
-    from ..bench.run import METHODS, run_method
+    from .method import BenchContext
+    from .run import METHODS, run_method
 
     x, y = load_fashion_mnist("test")
     stream = WorldStream(x, y, parse_schedule(schedule), seed)

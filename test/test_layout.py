@@ -1,0 +1,76 @@
+"""The package's layering, asserted on the source: the product (core) imports no ROS, no harness, no trainer and
+no data set; the layers above import only downwards; nothing imports a node."""
+import ast
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "eclm_ros"
+# what each layer may import from the package (besides itself); cli.py, the command dispatcher, sits on top
+ALLOWED = {
+    "core": set(),
+    "sim": {"core"},
+    "training": {"core", "sim"},
+    "ros": {"core", "sim", "msg", "srv"},  # sim: the camera_stream node plays the simulated world
+    "bench": {"core", "sim", "training", "ros", "msg"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute names of the eclm_ros modules a file imports (relative imports resolved)."""
+    parts = ["eclm_ros", *path.relative_to(PACKAGE).with_suffix("").parts]
+    package = parts[:-1]  # a module's package; for __init__ the package itself
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[:len(package) - node.level + 1] if node.level else []
+            name = ".".join(base + ([node.module] if node.module else []))
+            names.update([name] if node.module else [f"{name}.{a.name}" for a in node.names])
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n.startswith("eclm_ros.")}
+
+
+def _graph() -> dict[str, set[str]]:
+    graph = defaultdict(set)
+    for path in PACKAGE.rglob("*.py"):
+        rel = path.relative_to(PACKAGE).parts
+        if len(rel) > 1:
+            graph[rel[0]].update(n.split(".")[1] for n in _imports(path))
+    return graph
+
+
+def test_each_layer_imports_only_downwards():
+    graph = _graph()
+    assert set(ALLOWED) <= set(graph), "a layer is missing: update ALLOWED"
+    for layer, deps in graph.items():
+        assert layer in ALLOWED, f"eclm_ros/{layer}/ is not in the layering: add it to ALLOWED and architecture.md"
+        assert deps - {layer} <= ALLOWED[layer], f"{layer} imports {sorted(deps - {layer} - ALLOWED[layer])}"
+
+
+def test_nothing_imports_a_node():
+    for path in PACKAGE.rglob("*.py"):
+        if "nodes" not in path.relative_to(PACKAGE).parts:
+            bad = {n for n in _imports(path) if n.startswith("eclm_ros.ros.nodes")}
+            assert not bad, f"{path.relative_to(PACKAGE)} imports {bad}: nodes are entry points only"
+
+
+def test_the_product_loads_without_ros_or_the_harness():
+    """Importing every core module in a fresh interpreter loads no rclpy, no console/plot libraries and none of
+    sim / training / bench / ros: a robot needs only the product's own dependencies. (torch itself loads
+    tqdm, so for tqdm the source is checked.)"""
+    for path in (PACKAGE / "core").rglob("*.py"):
+        text = path.read_text()
+        assert "import tqdm" not in text and "from tqdm" not in text, f"{path.name} uses tqdm: progress is the CLI's"
+    modules = sorted(".".join(("eclm_ros", *p.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+                     for p in (PACKAGE / "core").rglob("*.py"))
+    code = ("import importlib, sys\n"
+            f"for m in {modules!r}: importlib.import_module(m)\n"
+            "print(' '.join(sorted(sys.modules)))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                                text=True).stdout.split())
+    assert len(modules) > 20 and set(modules) <= loaded
+    forbidden = {m for m in loaded if m.split(".")[0] in {"rclpy", "rich", "matplotlib", "yaml"}
+                 or m.startswith(("eclm_ros.sim", "eclm_ros.training", "eclm_ros.bench", "eclm_ros.ros"))}
+    assert not forbidden, f"the product pulled in {sorted(forbidden)}"
