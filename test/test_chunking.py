@@ -1,6 +1,5 @@
 """Chunked payloads: split at a limit, reassembled whatever the order, duplicates and losses, within bounded
 memory; a tensor bundle survives the trip and its digest still guards the whole."""
-import json
 import time
 
 import numpy as np

@@ -1,5 +1,7 @@
 """The ROS 2 system as separate node processes over DDS (quick models): the loop closes and helps, bad input is
 refused while serving goes on, and the edge survives the cloud's death and resyncs after it returns."""
+import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -416,3 +418,31 @@ def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_m
         assert int(_edge_values(listener)["rejected_updates"]) == 0, system.logs()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("name", ["edge_learner", "cloud_coordinator"])
+def test_a_node_without_its_model_exits_at_once_naming_the_fix(system, tmp_path, name):
+    system.params[name]["model_path"] = str(tmp_path / "empty-cache" / "edge.pt")
+    proc = system.start(name, "/robot1")
+    code = proc.proc.wait(timeout=10)  # never trains: it says what is missing and goes
+    assert code == 2 and "eclm-ros train" in proc.output() and "model_path" in proc.output(), proc.output()
+
+
+def test_every_node_stops_on_sigint_within_2_s_while_the_loop_runs(system):
+    """The loop at work (uploads, distillation, swaps, probes): SIGINT to each node in turn, a clean exit."""
+    listener = _listener()
+    try:
+        system.start_loop()
+        system.start("bandwidth_monitor", "/robot1")
+        wait_for(lambda: int(_values(listener, "edge_learner").get("applied", 0)) >= 2
+                 and _values(listener, "bandwidth_monitor"), 90, "the loop running (two updates applied)")
+    finally:
+        listener.close()
+    stops = {}
+    for proc in system.procs:
+        os.killpg(proc.proc.pid, signal.SIGINT)
+        start = time.monotonic()
+        code = proc.proc.wait(timeout=10)
+        stops[Path(proc.command[1]).name] = (code, round(time.monotonic() - start, 2))
+    print("exit code, seconds after SIGINT:", stops)
+    assert all(code == 0 and took < 2.0 for code, took in stops.values()), f"{stops}\n{system.logs()}"

@@ -5,7 +5,7 @@ import pytest
 
 from eclm_ros.sim.data import load_fashion_mnist
 from eclm_ros.sim.world import (Schedule, ScheduleError, Segment, WorldStream, default_schedule,
-                                 parse_schedule, recurring_schedule)
+                                 parse_schedule)
 
 X, Y = load_fashion_mnist("test")
 
@@ -52,9 +52,7 @@ def test_gradual_transition_blends():
     assert abs(lift[5]) < 1e-9
 
 
-def test_recurring_and_repeat():
-    sched = recurring_schedule(["fog", "contrast"], 3, 5, cycles=2)
-    assert [s.name for s in sched.segments] == ["fog@3", "contrast@3"] * 2
+def test_repeat():
     rep = parse_schedule("clean:3,fog@2:4*")
     stream = WorldStream(X, Y, rep, seed=0)
     assert stream.frame(7)[1].environment == "clean" and stream.frame(10)[1].environment == "fog@2"

@@ -12,7 +12,7 @@ import itertools
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -73,20 +73,6 @@ class SubModelSpec:
     """Which modules of each stage a sub-model keeps (original module ids, ascending)."""
 
     stages: tuple[tuple[int, ...], ...]
-
-    def to_json(self) -> str:
-        return json.dumps({"stages": [list(s) for s in self.stages]}, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, text: str) -> "SubModelSpec":
-        try:
-            stages = json.loads(text)["stages"]
-            spec = cls(tuple(tuple(sorted(int(m) for m in s)) for s in stages))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpecError(f"not a sub-model spec: {text[:80]!r} ({exc})") from exc
-        if not spec.stages or any(not s or len(set(s)) != len(s) for s in spec.stages):
-            raise SpecError(f"every stage needs at least one distinct module: {spec.stages}")
-        return spec
 
     @property
     def num_modules(self) -> int:

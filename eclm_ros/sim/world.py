@@ -112,13 +112,6 @@ def default_schedule(severity: int = 3, frames_per_segment: int = 500, clean_sta
     return Schedule(tuple(segs))
 
 
-def recurring_schedule(corruptions: Sequence[str], severity: int, frames_per_segment: int, cycles: int,
-                       transition: int = 0) -> Schedule:
-    """The same environments again and again (a robot's day/night, indoor/outdoor loop)."""
-    seg = [Segment(c, severity, frames_per_segment, transition) for c in corruptions]
-    return Schedule(tuple(seg * cycles))
-
-
 @dataclass(frozen=True)
 class Frame:
     """What the camera sees: pixels and a frame index. No label, no environment."""
