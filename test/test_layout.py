@@ -74,3 +74,23 @@ def test_the_product_loads_without_ros_or_the_harness():
     forbidden = {m for m in loaded if m.split(".")[0] in {"rclpy", "rich", "matplotlib", "yaml"}
                  or m.startswith(("eclm_ros.sim", "eclm_ros.training", "eclm_ros.bench", "eclm_ros.ros"))}
     assert not forbidden, f"the product pulled in {sorted(forbidden)}"
+
+
+def test_every_module_imports():
+    """Catches an import a move left behind in a function body (the layering test reads only names)."""
+    import importlib
+    import importlib.util
+
+    from node_processes import ros_available
+
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = ".".join(("eclm_ros", *path.relative_to(PACKAGE).with_suffix("").parts)).removesuffix(".__init__")
+        source = path.read_text()
+        if ros_available() is not None and ("rclpy" in source or "eclm_ros.ros" in name):
+            continue
+        module = importlib.import_module(name)
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ImportFrom) and node.level and node.col_offset > 0:  # a deferred import
+                base = module.__name__ if path.name == "__init__.py" else module.__name__.rsplit(".", 1)[0]
+                target = importlib.util.resolve_name("." * node.level + (node.module or ""), base)
+                assert importlib.util.find_spec(target) is not None, f"{name}: {target} does not exist"

@@ -115,7 +115,7 @@ def run(args, console: Console) -> dict:
     from diagnostic_msgs.msg import DiagnosticArray
 
     from eclm_ros.msg import BandwidthEstimate, EdgeStatus, GroundTruth, Prediction
-    from .ros_io import RELIABLE_QOS
+    from ..ros.ros_io import RELIABLE_QOS
 
     recorder = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
                          "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
