@@ -428,8 +428,9 @@ def test_a_node_without_its_model_exits_at_once_naming_the_fix(system, tmp_path,
     assert code == 2 and "eclm-ros train" in proc.output() and "model_path" in proc.output(), proc.output()
 
 
-def test_every_node_stops_on_sigint_within_2_s_while_the_loop_runs(system):
-    """The loop at work (uploads, distillation, swaps, probes): SIGINT to each node in turn, a clean exit."""
+def test_every_node_stops_on_sigint_or_sigterm_within_2_s_while_the_loop_runs(system):
+    """The loop at work (uploads, distillation, swaps, probes): SIGINT or SIGTERM to each node in turn, a clean
+    exit (measured here: 0.03-0.3 s; the interpreter's own teardown, skipped, took 1-3 s)."""
     listener = _listener()
     try:
         system.start_loop()
@@ -439,10 +440,11 @@ def test_every_node_stops_on_sigint_within_2_s_while_the_loop_runs(system):
     finally:
         listener.close()
     stops = {}
-    for proc in system.procs:
-        os.killpg(proc.proc.pid, signal.SIGINT)
+    for i, proc in enumerate(system.procs):
+        sig = (signal.SIGINT, signal.SIGTERM)[i % 2]
+        os.killpg(proc.proc.pid, sig)
         start = time.monotonic()
         code = proc.proc.wait(timeout=10)
-        stops[Path(proc.command[1]).name] = (code, round(time.monotonic() - start, 2))
-    print("exit code, seconds after SIGINT:", stops)
+        stops[f"{Path(proc.command[1]).name} ({sig.name})"] = (code, round(time.monotonic() - start, 2))
+    print("exit code, seconds after the signal:", stops)
     assert all(code == 0 and took < 2.0 for code, took in stops.values()), f"{stops}\n{system.logs()}"

@@ -301,19 +301,25 @@ class Coordinator:
         return new_version
 
     # -- persistence and health -----------------------------------------------------------------------
-    def save(self) -> None:
-        """Write the state atomically and durably: temp file, fsync, rename (a crash leaves the old one)."""
+    def save(self, wait_s: float | None = None) -> bool:
+        """Write the state atomically and durably: temp file, fsync, rename (a crash leaves the old one). With
+        ``wait_s``, give up (False) rather than wait longer for a learning step to release the state."""
         if self.state_dir is None:
-            return
+            return False
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_dir / (STATE_FILE + ".tmp")
-        with self.lock:
+        if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
+            return False
+        try:
             blob = {"versions": dict(self.versions), "strategy": self.strategy.state_dict()}
+        finally:
+            self.lock.release()
         with open(tmp, "wb") as f:
             torch.save(blob, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.state_dir / STATE_FILE)
+        return True
 
     def restore(self) -> None:
         path = self.state_dir / STATE_FILE
@@ -343,9 +349,11 @@ class Coordinator:
         return [edges, uploads, updates]
 
     def close(self) -> None:
-        """Stop learning and save (a job in progress finishes on its daemon thread or dies with the process)."""
+        """Stop learning and save, in bounded time: a learning step still running after 0.5 s dies with the
+        process, and the state saved last (at most ``save_period_s`` old) is what a restart resumes from."""
         self._running.clear()
         if self._worker is not None:
-            self._worker.join(timeout=1.0)
-        self.save()
+            self._worker.join(timeout=0.5)
+        if self.state_dir is not None and not self.save(wait_s=0.5):
+            self.log.warning("stopping mid learning step: keeping the state saved last")
 

@@ -441,8 +441,7 @@ class EdgeAgent:
         """Stop the adaptation thread (the runtime's swap thread ends with the process)."""
         self._stopping.set()
         if self._adapt_thread is not None:
-            self._adapt_thread.join(timeout=1.0)
-
+            self._adapt_thread.join(timeout=0.5)
 
 
 def _refusal_kind(reason: object) -> str:
