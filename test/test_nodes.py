@@ -448,3 +448,81 @@ def test_every_node_stops_on_sigint_or_sigterm_within_2_s_while_the_loop_runs(sy
         stops[f"{Path(proc.command[1]).name} ({sig.name})"] = (code, round(time.monotonic() - start, 2))
     print("exit code, seconds after the signal:", stops)
     assert all(code == 0 and took < 2.0 for code, took in stops.values()), f"{stops}\n{system.logs()}"
+
+
+# a new value for every writable parameter: a parameter added without one here fails the test below
+RUN_TIME_VALUES = {
+    "edge_learner": {"upload_ratio": 0.35, "upload_batch": 12, "max_queued_batches": 20, "max_update_bytes": 2 ** 25,
+                     "register_period_s": 3.0, "module_upload_frames": 256, "chunk_timeout_s": 20.0,
+                     "max_params": 500_000, "max_macs": 100_000_000, "max_latency_ms": 50.0,
+                     "device": "jetson-orin-nano"},
+    "cloud_coordinator": {"update_encoding": "int8", "update_deadline_s": 2.0, "max_pending_batches": 32,
+                          "save_period_s": 5.0, "max_chunk_bytes": 2 ** 23, "merge_period_s": 20.0},
+    "bandwidth_monitor": {"probe_period_s": 0.7, "probe_bytes": 16384, "reply_bytes": 8192, "probe_timeout_s": 1.5,
+                          "upload_share": 0.4},
+    "camera_stream": {"rate_hz": 25.0, "encoding": "rgb8", "frame_id": "cam_front", "max_frames": 100_000},
+}
+
+
+def _set_parameter(listener, node: str, name: str, value):
+    """``ros2 param set``: the SetParameters service of a running node; the SetParametersResult."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+
+    client = listener.node.create_client(SetParameters, f"{node}/set_parameters")
+    wait_for(client.service_is_ready, 30, f"{node}/set_parameters")
+    future = client.call_async(SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()]))
+    wait_for(future.done, 10, f"the answer to setting {name}")
+    listener.node.destroy_client(client)
+    return future.result().results[0]
+
+
+def _settings(listener, node: str) -> dict[str, str]:
+    for arr in reversed(listener.received["/diagnostics"]):
+        for status in arr.status:
+            if status.name == f"{node}: settings":
+                return {kv.key: kv.value for kv in status.values}
+    return {}
+
+
+def _same(reported: str, value) -> bool:
+    return reported == str(value) if isinstance(value, str) else abs(float(reported) - value) < 1e-6 * max(1, value)
+
+
+def test_every_writable_parameter_takes_effect_at_run_time_and_bad_values_are_refused(system):
+    """Each writable parameter set on a running node reaches the node's core object (read back from it on
+    /diagnostics); an out-of-range value is refused with the reason; a read-only one cannot be set."""
+    from eclm_ros.ros.params import NODES
+    from sensor_msgs.msg import Image
+
+    from eclm_ros.ros.ros_io import SENSOR_QOS
+
+    for node, values in RUN_TIME_VALUES.items():
+        assert set(values) == {p.name for p in NODES[node] if not p.read_only}, f"{node}: update RUN_TIME_VALUES"
+    listener = _listener()
+    images = []
+    listener.node.create_subscription(Image, "/robot1/image", images.append, SENSOR_QOS)
+    try:
+        system.start_loop()
+        system.start("bandwidth_monitor", "/robot1")
+        for node, values in RUN_TIME_VALUES.items():
+            wait_for(lambda: _settings(listener, node), 60, f"{node} reporting its settings")
+            for name, value in values.items():
+                result = _set_parameter(listener, f"/{'eclm' if node == 'cloud_coordinator' else 'robot1'}/{node}",
+                                        name, value)
+                assert result.successful, f"{node}.{name}: {result.reason}"
+                wait_for(lambda: _same(_settings(listener, node)[name], value), 10, f"{node}.{name} in effect")
+        edge = "/robot1/edge_learner"
+        refused = _set_parameter(listener, edge, "upload_ratio", 1.5)
+        assert not refused.successful and "upload_ratio" in refused.reason and "range" in refused.reason
+        assert not _set_parameter(listener, edge, "runtime", "torch").successful  # read-only
+        assert not _set_parameter(listener, edge, "upload_batch", 0).successful
+        count, reports = len(images), len(listener.received["/diagnostics"])
+        wait_for(lambda: len(images) > count + 5, 10, "frames after the changes")
+        assert images[-1].encoding == "rgb8" and images[-1].header.frame_id == "cam_front"
+        wait_for(lambda: len(listener.received["/diagnostics"]) > reports + 8, 10, "fresh diagnostics")
+        assert _same(_settings(listener, "edge_learner")["upload_ratio"], 0.35)  # the refused 1.5 changed nothing
+        assert _same(_settings(listener, "edge_learner")["upload_batch"], 12)
+    finally:
+        listener.close()
+    assert all(p.alive() for p in system.procs), system.logs()

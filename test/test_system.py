@@ -12,6 +12,7 @@ import pytest
 from eclm_ros.core.coordinator import Coordinator, CoordinatorConfig
 from eclm_ros.core.edge_agent import EdgeAgent, EdgeConfig
 from eclm_ros.core.edge_runtime import TorchEdgeRuntime, make_runtime
+from eclm_ros.core.health import ERROR, OK, WARN
 from eclm_ros.core.messages import KIND_NORM_AFFINE, ModelUpdate, UpdateHeader
 from eclm_ros.core.norm import affine_state
 from eclm_ros.core.signing import EdgeKeys, generate_key, save_key_pair
@@ -237,3 +238,28 @@ def test_run_time_settings_take_effect_and_bad_ones_are_refused(quick_model, tmp
     assert agent.config.upload_ratio == 0.9  # a refused change changes nothing
     with pytest.raises(ValueError, match="update_encoding"):
         world.cloud.configure(update_encoding="bf16")
+
+
+def test_camera_health_follows_the_share_of_refused_frames(quick_model, tmp_path):
+    """diagnostic_updater's conventions from rates: OK while frames serve, WARN when > 5 % of the last 10 s
+    were refused, ERROR when nothing has served for 5 s, OK again once good frames are back for a window."""
+    world = World(quick_model, tmp_path)
+    agent = world.add_edge()
+
+    def camera():
+        return next(h for h in agent.health() if h.name == "camera input")
+
+    assert camera().level == WARN and "no frames" in camera().message
+    world.run(60)
+    assert camera().level == OK
+    for i in range(60):  # one frame in six refused
+        agent.on_frame(world.frames[i]) if i % 6 else agent.reject_frame("encoding 'bayer_rggb8' is not supported")
+        world.step()
+    assert camera().level == WARN and "refused" in camera().message
+    for _ in range(200):  # only bad frames, for more than 5 s
+        agent.reject_frame("data holds 100 bytes")
+        world.step()
+    assert camera().level == ERROR and "refused" in camera().message
+    assert agent.counters["rejected_images"] == 210 and agent.reasons["image"] == 210
+    world.run(400)  # > 10 s of good frames: the refusals leave the window
+    assert camera().level == OK

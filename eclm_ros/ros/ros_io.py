@@ -6,7 +6,7 @@ ROS). No cv_bridge: it is not available from PyPI, and a zero-copy numpy view is
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -17,7 +17,7 @@ from sensor_msgs.msg import Image
 from builtin_interfaces.msg import Time
 
 from ..core import messages as m
-from ..core.health import Health
+from ..core.health import OK, Health
 from ..core.tensor_codec import Bundle, TensorSpec
 from ..msg import (DeviceProfile, EdgeStatus, EncodedFrame, LearnedModules, ModelUpdate, SampleBatch,
                    TensorBundle)
@@ -191,13 +191,15 @@ def diagnostic_array(stamp, statuses: list[DiagnosticStatus]) -> DiagnosticArray
 
 class Diagnostics:
     """Publishes a node's health on /diagnostics, one DiagnosticStatus per concern (diagnostic_updater's
-    convention: "<node>: <concern>", the node's full name as hardware id)."""
+    convention: "<node>: <concern>", the node's full name as hardware id), and a "settings" status: the
+    writable parameters as the node's core objects hold them, so a ``ros2 param set`` is seen to take hold."""
 
-    def __init__(self, node) -> None:
-        self.node = node
+    def __init__(self, node, settings: Callable[[], Mapping[str, object]]) -> None:
+        self.node, self.settings = node, settings
         self.pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
     def publish(self, health: list[Health]) -> None:
+        health = [*health, Health("settings", OK, "in effect", dict(self.settings()))]
         statuses = [diagnostic(f"{self.node.get_name()}: {h.name}", self.node.get_fully_qualified_name(),
                                bytes([h.level]), h.message, h.values) for h in health]
         self.pub.publish(diagnostic_array(self.node.get_clock().now().to_msg(), statuses))
@@ -259,6 +261,9 @@ def run_node(node_factory) -> None:
             rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        if rclpy.ok():  # a real failure; else a callback cut off by the shutdown ("context is invalid")
+            raise
     finally:
         close = getattr(node, "close", None)
         if close is not None:

@@ -29,7 +29,7 @@ class BandwidthMonitor(Node):
         self.cloud_pub = self.create_publisher(BandwidthEstimate, f"{cloud}/link_estimates", RELIABLE_QOS)
         self.create_subscription(SampleBatch, f"{cloud}/samples", self.on_samples, RELIABLE_QOS)
         self.create_subscription(ModelUpdate, updates_topic(cloud, self.edge_id), self.on_update, UPDATE_QOS)
-        self.diagnostics = Diagnostics(self)
+        self.diagnostics = Diagnostics(self, self.settings)
         self.payload = bytes(p["probe_bytes"])
         self.seq = 0
         self.outstanding: tuple[int, float, object] | None = None
@@ -43,6 +43,11 @@ class BandwidthMonitor(Node):
             self.timer.reset()
         elif name == "probe_bytes":
             self.payload = bytes(value)
+
+    def settings(self) -> dict:
+        """The probe period and payload as the timer and buffer hold them; the rest is read at each use."""
+        return {"probe_period_s": self.timer.timer_period_ns / 1e9, "probe_bytes": len(self.payload),
+                **{k: self.params[k] for k in ("reply_bytes", "probe_timeout_s", "upload_share")}}
 
     def on_samples(self, msg: SampleBatch) -> None:
         if msg.edge_id == self.edge_id:

@@ -35,7 +35,7 @@ class CameraStream(Node):
             self.video = iter(VideoSource(p["path"]))
         self.image_pub = self.create_publisher(Image, "image", SENSOR_QOS)
         self.truth_pub = self.create_publisher(GroundTruth, "ground_truth", RELIABLE_QOS)
-        self.diagnostics = Diagnostics(self)
+        self.diagnostics = Diagnostics(self, self.settings)
         self.index = 0
         self.msg = Image()
         self.timer = self.create_timer(1.0 / p["rate_hz"], self.on_timer)
@@ -43,6 +43,11 @@ class CameraStream(Node):
             "camera", OK, "streaming", {"frames": self.index, "source": self.source})]))
         self.get_logger().info(f"publishing {self.source} frames at {p['rate_hz']} Hz, {size[0]}x{size[1]} "
                                f"{p['encoding']}")
+
+    def settings(self) -> dict:
+        """The rate as the timer holds it; encoding, frame_id and max_frames are read for every frame."""
+        return {"rate_hz": 1e9 / self.timer.timer_period_ns,
+                **{k: self.params[k] for k in ("encoding", "frame_id", "max_frames")}}
 
     def on_parameter(self, name: str, value) -> None:
         if name == "rate_hz":

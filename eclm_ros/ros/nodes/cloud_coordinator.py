@@ -51,7 +51,7 @@ class CloudCoordinator(Node):
         self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
         self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
                             callback_group=MutuallyExclusiveCallbackGroup())
-        self.diagnostics = Diagnostics(self)
+        self.diagnostics = Diagnostics(self, self.settings)
         self.create_timer(1.0, lambda: self.diagnostics.publish(self.coordinator.health()), callback_group=group)
         self.timers_by_name = {
             "save_period_s": self.create_timer(p["save_period_s"], self.coordinator.save, callback_group=group),
@@ -69,6 +69,11 @@ class CloudCoordinator(Node):
         elif name in self.timers_by_name:
             self.timers_by_name[name].timer_period_ns = int(value * 1e9)
             self.timers_by_name[name].reset()
+
+    def settings(self) -> dict:
+        config = self.coordinator.config
+        return {**{k: getattr(config, k) for k in (*RUNTIME_SETTINGS, "max_pending_batches")},
+                **{k: timer.timer_period_ns / 1e9 for k, timer in self.timers_by_name.items()}}
 
     def on_samples(self, msg: SampleBatch) -> None:
         try:

@@ -43,7 +43,7 @@ class EdgeLearner(Node):
         self.create_subscription(ModelUpdate, updates_topic(p["cloud_namespace"], config.edge_id), self.on_update,
                                  UPDATE_QOS)
         self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
-        self.diagnostics = Diagnostics(self)
+        self.diagnostics = Diagnostics(self, self.settings)
         self.create_timer(0.5, self.agent.tick)
         self.create_timer(0.05, self.agent.finish_swap)  # a new model serves as soon as it is built
         self.create_timer(1.0, lambda: self.diagnostics.publish(self.agent.health()))
@@ -61,6 +61,11 @@ class EdgeLearner(Node):
             self.agent.configure(**{name: value})
         elif name in PROFILE_SETTINGS:  # the next heartbeat carries it: the cloud re-derives the sub-model
             self.agent.configure(profile=self._profile({**self.params.values, name: value}))
+
+    def settings(self) -> dict:
+        config = self.agent.config
+        return {**{k: getattr(config, k) for k in RUNTIME_SETTINGS},
+                **{k: getattr(config.profile, k) for k in PROFILE_SETTINGS}}
 
     def on_image(self, msg: Image) -> None:
         try:
