@@ -69,6 +69,7 @@ def launches(tmp_path, quick_cache):
     runs = Launches(tmp_path, quick_cache)
     yield runs
     runs.stop()
+    print(runs.logs())  # pytest shows it for a failed test
 
 
 def _node_environments(proc: NodeProcess) -> dict[str, dict[str, str]]:
