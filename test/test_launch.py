@@ -94,19 +94,29 @@ def _assert_clean_stop(proc: NodeProcess, nodes: int) -> None:
     assert "process has died" not in log, log[-4000:]
 
 
+SIM_START_S = 1000  # simulated time on /clock: far below any wall-clock stamp
+
+
 def _frames(recorder: Recorder, topics: dict[str, str]):
-    """Publishers of random 28x28 camera frames (``topics``: topic -> "raw" | "compressed") and ``feed()``,
-    which sends a few to each and returns True (to sit inside a wait_for condition)."""
+    """Publishers of random 28x28 camera frames (``topics``: topic -> "raw" | "compressed") and of /clock, and
+    ``feed()``, which sends a few frames to each topic with simulated time advancing, and returns True (to sit
+    inside a wait_for condition)."""
+    from builtin_interfaces.msg import Time
+    from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import CompressedImage, Image
 
-    from eclm_ros.ros.ros_io import SENSOR_QOS
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS
 
     pubs = {t: (kind, recorder.publisher(CompressedImage if kind == "compressed" else Image, t, SENSOR_QOS))
             for t, kind in topics.items()}
+    clock = recorder.publisher(Clock, "/clock", RELIABLE_QOS)
     rng = np.random.default_rng(0)
+    t0 = time.monotonic()
 
     def feed(n: int = 3) -> bool:
         for _ in range(n):
+            sim = SIM_START_S + time.monotonic() - t0
+            clock.publish(Clock(clock=Time(sec=int(sim), nanosec=int(sim % 1 * 1e9))))
             gray = rng.integers(0, 255, (28, 28), dtype=np.uint8)
             for kind, pub in pubs.values():
                 if kind == "compressed":
@@ -128,6 +138,12 @@ def _recorder(*prediction_topics: str) -> Recorder:
 
     return Recorder({**{t: (Prediction, RELIABLE_QOS) for t in prediction_topics},
                      "/diagnostics": (DiagnosticArray, 50)})
+
+
+def _diagnostics_stamps(recorder: Recorder, hardware_id: str) -> list[int]:
+    """The seconds of every /diagnostics array a node sent (its clock: wall or simulated)."""
+    return [a.header.stamp.sec for a in recorder.received["/diagnostics"]
+            if any(s.hardware_id == hardware_id for s in a.status)]
 
 
 def _cloud_knows(recorder: Recorder, hardware_id: str, *edges: str) -> bool:
@@ -169,9 +185,9 @@ def test_two_robots_register_under_their_namespaces_one_with_a_compressed_camera
     recorder = _recorder("/robot1/predictions", "/robot2/predictions")
     try:
         cloud = launches.start("cloud.launch.py", cloud_namespace="/eclm_two")
-        robot1 = launches.start("edge.launch.py", namespace="robot1", cloud_namespace="/eclm_two")
+        robot1 = launches.start("edge.launch.py", namespace="robot1", cloud_namespace="/eclm_two", log_level="warn")
         robot2 = launches.start("edge.launch.py", namespace="robot2", cloud_namespace="/eclm_two",
-                                image_transport="compressed", dds_profile=str(asked))
+                                image_transport="compressed", dds_profile=str(asked), use_sim_time="true")
         feed = _frames(recorder, {"/robot1/camera/image_raw": "raw", "/robot2/camera/image_raw/compressed":
                                   "compressed"})
         received = recorder.received
@@ -180,11 +196,18 @@ def test_two_robots_register_under_their_namespaces_one_with_a_compressed_camera
                  "predictions from robot1 (raw Image) and robot2 (jpeg CompressedImage)")
         wait_for(lambda: feed() and _cloud_knows(recorder, "/eclm_two/cloud_coordinator", "robot1", "robot2"), 60,
                  "the cloud reporting both edges, named by their namespaces")
+        wait_for(lambda: feed() and _diagnostics_stamps(recorder, "/robot2/edge_learner"), 30,
+                 "diagnostics from robot2's edge learner")
         profiles = {p: {e[PROFILE] for e in _node_environments(p).values()} for p in (cloud, robot1, robot2)}
     finally:
         recorder.close()
     shipped = config_path("fastdds_profile.xml")
     assert profiles == {cloud: {shipped}, robot1: {shipped}, robot2: {str(asked)}}, profiles
+    # use_sim_time: robot2's edge learner stamps with /clock, robot1's with the wall clock
+    assert max(_diagnostics_stamps(recorder, "/robot2/edge_learner")) < SIM_START_S + 600
+    assert min(_diagnostics_stamps(recorder, "/robot1/edge_learner")) > 10 ** 9
+    # log_level: robot1 (warn) leaves out the INFO line robot2 (info) writes when it starts serving
+    assert "edge robot2 serving" in robot2.output() and "serving" not in robot1.output()
     _assert_clean_stop(robot2, nodes=2)
     _assert_clean_stop(robot1, nodes=2)
     _assert_clean_stop(cloud, nodes=1)
