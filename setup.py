@@ -13,9 +13,9 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["eclm_ros", "eclm_ros.*"]),
     install_requires=[
-        "numpy>=1.24",
+        "numpy>=1.21.5",  # Humble's apt numpy (requirements-humble.txt, tested there)
         "torch>=2.1",
-        "onnxruntime>=1.17",
+        "onnxruntime>=1.12.1",  # the newest that takes numpy 1.21.5
         "onnx>=1.15",
         "opencv-python-headless>=4.8",
         "cryptography>=41",

@@ -69,4 +69,52 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   step "colcon: build up to date"
 fi
+
+# 5. launch + launch_ros (pure Python, put on the venv's path by a .pth file) and composition_interfaces (which
+#    launch_ros imports; colcon-built into install/) from the unmodified upstream sources in ../shared/ros2-src:
+#    no registry this machine reaches has them. A robot gets them from apt (ros-<distro>-launch-ros).
+ROS2_SRC=${ECLM_ROS2_SRC:-$REPO/../shared/ros2-src}
+if [ ! -d "$ROS2_SRC/launch/launch/launch" ] || [ ! -d "$ROS2_SRC/rcl_interfaces/composition_interfaces" ]; then
+  step "launch: SKIPPED: no ROS 2 launch sources in $ROS2_SRC (set ECLM_ROS2_SRC); the launch tests will skip"
+else
+  ROS2_SRC=$(cd "$ROS2_SRC" && pwd)
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  want=$(printf '%s\n' "$ROS2_SRC/launch/launch" "$ROS2_SRC/launch/launch_xml" "$ROS2_SRC/launch/launch_yaml" \
+    "$ROS2_SRC/launch_ros/launch_ros")
+  if [ "$(cat "$site/eclm_ros2_src.pth" 2>/dev/null)" != "$want" ]; then
+    step "launch: putting launch, launch_xml, launch_yaml, launch_ros from $ROS2_SRC on the venv's path"
+    echo "$want" > "$site/eclm_ros2_src.pth"
+  else
+    step "launch: launch sources on the path"
+  fi
+  # The wheels' CMake exports name their build host's include folders; a third-party package cannot rewrite
+  # them after the fact as our CMakeLists does, so point them, once, at this interpreter's folders.
+  stamp="$VENV/.eclm_ros_cmake_includes"
+  if [ ! -f "$stamp" ]; then
+    step "cmake: pointing the wheels' exported include folders at this Python and NumPy"
+    py_inc=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+    np_inc=$("$VENV/bin/python" -c 'import numpy; print(numpy.get_include())')
+    grep -l '/opt/python/cp311-cp311/' "$VENV"/share/*/cmake/*.cmake 2>/dev/null | while read -r f; do
+      sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$np_inc#g" \
+        -e "s#/opt/python/cp311-cp311/include/python3.11#$py_inc#g" "$f"
+    done
+    touch "$stamp"
+  fi
+  want=$(cd "$ROS2_SRC/rcl_interfaces/composition_interfaces" && cat package.xml CMakeLists.txt srv/* | sha256sum)
+  stamp="$REPO/install/.composition_interfaces_build"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    step "colcon: building composition_interfaces from $ROS2_SRC (about a minute)"
+    (
+      # shellcheck disable=SC1091
+      . "$VENV/bin/activate"
+      export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+      colcon --log-base log build --base-paths "$ROS2_SRC/rcl_interfaces/composition_interfaces" \
+        --build-base build/ros2-src --event-handlers console_cohesion- summary+ \
+        --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
+    ) || fail "colcon build composition_interfaces (the CMake error is above and in log/latest_build)"
+    echo "$want" > "$stamp"
+  else
+    step "colcon: composition_interfaces up to date"
+  fi
+fi
 step "done. Use it with: source scripts/env.sh"

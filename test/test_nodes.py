@@ -178,7 +178,7 @@ def test_bad_input_is_refused_and_serving_goes_on(system):
 
         wait_for(lambda: version() >= 1, 60, "the edge's first model version")
         images.publish(_image(bytes(100)))  # data shorter than height x step
-        images.publish(_image(bytes(784 * 2), encoding="yuv422"))  # unsupported encoding
+        images.publish(_image(bytes(784 * 4), step=112, encoding="32FC1"))  # unsupported encoding
         current = version()
         cloud_key = load_private_key(system.tmp / "cloud.pem")
 

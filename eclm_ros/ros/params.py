@@ -89,6 +89,9 @@ EDGE_LEARNER = (
           0, BIG),
     Param("max_latency_ms", 0.0, "per-frame latency budget (0 = none); a change re-registers", 0.0, 1e6),
     Param("device", "generic", "device name reported to the cloud (e.g. jetson-orin-nano)"),
+    Param("image_transport", "raw", "camera input: raw (sensor_msgs/Image on `image`) or compressed "
+          "(CompressedImage, jpeg/png, on `image/compressed`, as image_transport publishes it)",
+          choices=("raw", "compressed"), read_only=True),
 )
 
 CLOUD_COORDINATOR = (

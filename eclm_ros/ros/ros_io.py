@@ -8,11 +8,12 @@ from __future__ import annotations
 import logging
 from typing import Callable, Mapping
 
+import cv2
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from builtin_interfaces.msg import Time
 
@@ -23,7 +24,15 @@ from ..msg import (DeviceProfile, EdgeStatus, EncodedFrame, LearnedModules, Mode
                    TensorBundle)
 from ..msg import TensorSpec as TensorSpecMsg
 
-IMAGE_CHANNELS = {"mono8": 1, "rgb8": 3, "bgr8": 3}
+#: Raw Image encodings as (channels, dtype): what ``numpy_to_image`` writes and ``frame_from_msg`` reads
+#: without conversion (besides scaling 16-bit to 8-bit and dropping alpha).
+PIXEL_LAYOUTS: dict[str, tuple[int, str]] = {"mono8": (1, "u1"), "rgb8": (3, "u1"), "bgr8": (3, "u1"),
+                                             "rgba8": (4, "u1"), "bgra8": (4, "u1"), "mono16": (1, "u2"),
+                                             "16UC1": (1, "u2")}
+#: Packed 4:2:2 encodings (2 bytes a pixel) and the OpenCV conversion to RGB: ROS's ``yuv422`` is UYVY.
+YUV422 = {"yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY, "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
+          "yuyv": cv2.COLOR_YUV2RGB_YUY2}
+ENCODINGS = (*PIXEL_LAYOUTS, *YUV422)
 
 #: Camera frames: best effort, keep the latest few (the ROS sensor-data profile).
 SENSOR_QOS = qos_profile_sensor_data
@@ -35,40 +44,94 @@ UPDATE_QOS = QoSProfile(depth=4, reliability=ReliabilityPolicy.RELIABLE, history
 
 
 class ImageError(ValueError):
-    """A sensor_msgs/Image that cannot be a camera frame (encoding, size, step, data length)."""
+    """A camera message that cannot be a frame (encoding, size, step, data length, undecodable payload)."""
 
 
-def image_to_numpy(msg: Image) -> np.ndarray:
-    """A zero-copy uint8 view (HxW or HxWx3, channel order as in ``msg.encoding``) of an Image message."""
-    channels = IMAGE_CHANNELS.get(msg.encoding)
-    if channels is None:
-        raise ImageError(f"unsupported encoding {msg.encoding!r} (use {', '.join(IMAGE_CHANNELS)})")
+def _to_8bit(img: np.ndarray) -> np.ndarray:
+    """16-bit to 8-bit over the full range (255/65535, rounded), as cv_bridge converts mono16 to mono8."""
+    return cv2.convertScaleAbs(img, alpha=255.0 / 65535.0) if img.dtype == np.uint16 else img
+
+
+def _raw_pixels(msg: Image) -> np.ndarray:
+    """The pixel rows of an Image as an HxW or HxWxC array of its own dtype (a view when the data allows)."""
+    if msg.encoding in PIXEL_LAYOUTS:
+        channels, dtype = PIXEL_LAYOUTS[msg.encoding]
+    elif msg.encoding in YUV422:
+        channels, dtype = 2, "u1"
+    else:
+        raise ImageError(f"unsupported encoding {msg.encoding!r} (use {', '.join(ENCODINGS)}, or "
+                         "image_transport:=compressed for a CompressedImage topic)")
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0:
         raise ImageError(f"empty image {w}x{h}")
-    if step < w * channels:
-        raise ImageError(f"step {step} is shorter than a row of {w} x {channels} bytes")
+    item = np.dtype(dtype).itemsize
+    row = w * channels * item
+    if step < row:
+        raise ImageError(f"step {step} is shorter than a row of {w} x {channels} x {item} bytes")
+    if step % item:
+        raise ImageError(f"step {step} is not a multiple of the {item}-byte {msg.encoding} sample")
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     if buf.size != step * h:
         raise ImageError(f"data holds {buf.size} bytes, {w}x{h} {msg.encoding} with step {step} needs {step * h}")
-    rows = buf.reshape(h, step)[:, :w * channels]
+    order = ">" if msg.is_bigendian and item > 1 else "<"
+    rows = buf.reshape(h, step)[:, :row].view(np.dtype(dtype).newbyteorder(order))
     return rows.reshape(h, w) if channels == 1 else rows.reshape(h, w, channels)
 
 
+def _decode_image(msg: Image) -> tuple[np.ndarray, str]:
+    px = _raw_pixels(msg)
+    enc = msg.encoding
+    if enc in YUV422:
+        if msg.width % 2:
+            raise ImageError(f"{enc} needs an even width, got {msg.width}")
+        return cv2.cvtColor(np.ascontiguousarray(px), YUV422[enc]), "rgb"
+    if px.dtype.itemsize > 1:
+        return _to_8bit(px.astype(np.uint16, copy=False)), "rgb"
+    if enc in ("rgba8", "bgra8"):
+        return cv2.cvtColor(np.ascontiguousarray(px), cv2.COLOR_RGBA2RGB), enc[:3]
+    return px, "bgr" if enc == "bgr8" else "rgb"
+
+
+def _decode_compressed(msg: CompressedImage) -> tuple[np.ndarray, str]:
+    fmt = msg.format.lower()
+    if "compresseddepth" in fmt:
+        raise ImageError(f"format {msg.format!r}: compressedDepth is not supported (subscribe to the raw depth "
+                         "topic with image_transport:=raw)")
+    buf = np.frombuffer(msg.data, dtype=np.uint8)
+    if buf.size == 0:
+        raise ImageError(f"empty CompressedImage (format {msg.format!r})")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageError(f"cannot decode {buf.size} bytes of format {msg.format!r} (jpeg or png expected)")
+    img = _to_8bit(img)
+    if img.ndim == 3 and img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR), "bgr"
+    return img, "bgr"  # OpenCV decodes colour to BGR (image_transport compresses bgr8 anyway)
+
+
+def frame_from_msg(msg: Image | CompressedImage) -> tuple[np.ndarray, str]:
+    """A uint8 HxW or HxWx3 frame from a raw or compressed camera message, and its channel order ("rgb" or
+    "bgr"). Zero-copy for mono8/rgb8/bgr8; alpha is dropped, 16-bit scaled to 8-bit, YUV 4:2:2 converted to RGB,
+    jpeg/png decoded. Raises ImageError (a ValueError) with the reason for a frame that cannot be one."""
+    if isinstance(msg, CompressedImage):
+        return _decode_compressed(msg)
+    return _decode_image(msg)
+
+
 def numpy_to_image(img: np.ndarray, encoding: str, msg: Image | None = None) -> Image:
-    """Fill (or create) an Image from a uint8 HxW / HxWx3 array."""
-    channels = IMAGE_CHANNELS.get(encoding)
-    if channels is None:
+    """Fill (or create) an Image from an HxW / HxWxC array of one of ``PIXEL_LAYOUTS`` (little-endian)."""
+    if encoding not in PIXEL_LAYOUTS:
         raise ImageError(f"unsupported encoding {encoding!r}")
-    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != channels) \
+    channels, dtype = PIXEL_LAYOUTS[encoding]
+    if img.dtype != np.dtype(dtype) or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != channels) \
             or (img.ndim == 2 and channels != 1):
         raise ImageError(f"array {img.dtype} {img.shape} does not fit encoding {encoding}")
     msg = msg if msg is not None else Image()
     msg.height, msg.width = int(img.shape[0]), int(img.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = 0
-    msg.step = msg.width * channels
-    msg.data = np.ascontiguousarray(img).tobytes()
+    msg.step = msg.width * channels * img.dtype.itemsize
+    msg.data = np.ascontiguousarray(img, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
     return msg
 
 

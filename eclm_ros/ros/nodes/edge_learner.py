@@ -5,7 +5,7 @@ through `<cloud_namespace>/samples`, `edge_status`, `learned_modules`, `updates/
 `register_edge` service. Everything between those is the ROS-free ``EdgeAgent``.
 """
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from ...core import checkpoint
 from ...core.edge_agent import EdgeAgent, EdgeConfig
@@ -15,7 +15,7 @@ from ...core.signing import load_private_key, load_public_key
 from ...msg import BandwidthEstimate, ModelUpdate, Prediction
 from ..links import DdsEdgeLink, edge_id_for, updates_topic
 from ..params import EDGE_LEARNER, NodeParameters
-from ..ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, core_logger, image_to_numpy,
+from ..ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, core_logger, frame_from_msg,
                       run_node, update_from_msg)
 
 RUNTIME_SETTINGS = ("upload_ratio", "upload_batch", "max_queued_batches", "max_update_bytes", "register_period_s",
@@ -39,7 +39,10 @@ class EdgeLearner(Node):
                                log=core_logger(self, "edge"))
         self.prediction = Prediction()  # reused: publish() serialises it at once
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
-        self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
+        if p["image_transport"] == "compressed":  # image_transport's convention: <base topic>/compressed
+            self.create_subscription(CompressedImage, "image/compressed", self.on_image, SENSOR_QOS)
+        else:
+            self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
         self.create_subscription(ModelUpdate, updates_topic(p["cloud_namespace"], config.edge_id), self.on_update,
                                  UPDATE_QOS)
         self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
@@ -67,14 +70,13 @@ class EdgeLearner(Node):
         return {**{k: getattr(config, k) for k in RUNTIME_SETTINGS},
                 **{k: getattr(config.profile, k) for k in PROFILE_SETTINGS}}
 
-    def on_image(self, msg: Image) -> None:
+    def on_image(self, msg: Image | CompressedImage) -> None:
         try:
-            frame = image_to_numpy(msg)
+            frame, channel_order = frame_from_msg(msg)
         except ImageError as exc:
             self.agent.reject_frame(str(exc))
             return
-        pred = self.agent.on_frame(frame, (msg.header.stamp.sec, msg.header.stamp.nanosec),
-                                   "bgr" if msg.encoding == "bgr8" else "rgb")
+        pred = self.agent.on_frame(frame, (msg.header.stamp.sec, msg.header.stamp.nanosec), channel_order)
         if pred is None:
             return
         out = self.prediction

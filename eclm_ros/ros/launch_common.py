@@ -1,0 +1,63 @@
+"""What the launch files share: their common arguments, the DDS profile rule and node construction.
+
+Kept here so that every launch file takes the same arguments with the same meaning and stays a few lines long.
+Imports ``launch``/``launch_ros``: only launch files use it.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ament_index_python.packages import get_package_share_directory
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, SetEnvironmentVariable
+from launch.launch_context import LaunchContext
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration
+from launch_ros.actions import Node
+
+from .params import CLOUD_NAMESPACE
+
+PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
+#: Nodes that talk to the cloud and take edge_id / cloud_namespace parameters.
+EDGE_SIDE = ("edge_learner", "bandwidth_monitor")
+
+
+def config_path(name: str) -> str:
+    return os.path.join(get_package_share_directory("eclm_ros"), "config", name)
+
+
+def common_arguments() -> list:
+    """The arguments every launch file takes, then the DDS profile: the ``dds_profile`` argument when given, else
+    the user's own $FASTDDS_DEFAULT_PROFILES_FILE, else the shipped profile (never overwriting the user's)."""
+    return [
+        DeclareLaunchArgument("params_file", default_value="",
+                              description="YAML with your parameters (keys /**/<node>), over the shipped defaults"),
+        DeclareLaunchArgument("edge_id", default_value="",
+                              description="edge id on the edge-cloud link ('' = the robot's namespace)"),
+        DeclareLaunchArgument("cloud_namespace", default_value=CLOUD_NAMESPACE.default,
+                              description="namespace of the cloud coordinator"),
+        DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
+        DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
+        DeclareLaunchArgument("dds_profile", default_value=EnvironmentVariable(
+            PROFILE_VARIABLE, default_value=config_path("fastdds_profile.xml")),
+            description=f"Fast DDS XML profile (default: ${PROFILE_VARIABLE} if set, else the shipped one)"),
+        SetEnvironmentVariable(PROFILE_VARIABLE, LaunchConfiguration("dds_profile")),
+    ]
+
+
+def node(name: str, namespace: Any, params: dict[str, Any] | None = None, **kwargs: Any) -> OpaqueFunction:
+    """An eclm_ros node with the common arguments applied: shipped YAML, then ``params_file``, then the launch
+    arguments and ``params``. Resolved at launch time so that an empty ``params_file`` is left out; the launch
+    arguments win over the files (edge_id '', the default, makes an edge node take its namespace as its id)."""
+
+    def make(context: LaunchContext) -> list[Node]:
+        args = context.launch_configurations
+        files = [config_path(f"{name}.yaml")] + ([args["params_file"]] if args["params_file"] else [])
+        overrides: dict[str, Any] = {"use_sim_time": args["use_sim_time"].strip().lower() in ("true", "1")}
+        if name in EDGE_SIDE:
+            overrides["cloud_namespace"] = args["cloud_namespace"]
+            overrides["edge_id"] = args["edge_id"]
+        return [Node(package="eclm_ros", executable=name, name=name, namespace=namespace, output="screen",
+                     parameters=[*files, {**overrides, **(params or {})}],
+                     arguments=["--ros-args", "--log-level", args["log_level"]], **kwargs)]
+
+    return OpaqueFunction(function=make)
