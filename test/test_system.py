@@ -240,7 +240,7 @@ def test_run_time_settings_take_effect_and_bad_ones_are_refused(quick_model, tmp
         world.cloud.configure(update_encoding="bf16")
 
 
-def test_camera_health_follows_the_share_of_refused_frames(quick_model, tmp_path):
+def test_camera_health_follows_the_share_of_refused_frames(quick_model, tmp_path, caplog):
     """diagnostic_updater's conventions from rates: OK while frames serve, WARN when > 5 % of the last 10 s
     were refused, ERROR when nothing has served for 5 s, OK again once good frames are back for a window."""
     world = World(quick_model, tmp_path)
@@ -261,5 +261,6 @@ def test_camera_health_follows_the_share_of_refused_frames(quick_model, tmp_path
         world.step()
     assert camera().level == ERROR and "refused" in camera().message
     assert agent.counters["rejected_images"] == 210 and agent.reasons["image"] == 210
+    assert len([r for r in caplog.records if "rejected image" in r.getMessage()]) <= 3  # a line per 5 s at most
     world.run(400)  # > 10 s of good frames: the refusals leave the window
     assert camera().level == OK

@@ -35,6 +35,8 @@ from .tensor_codec import CodecError, pack
 from .transport import EdgeLink
 from .updates import UpdateRejected, apply_update, check_update
 
+IMAGE_LOG_PERIOD_S = 5.0  # refused camera frames are logged at most this often (all are counted)
+
 
 @dataclass
 class EdgeConfig:
@@ -100,6 +102,7 @@ class EdgeAgent:
                                 dropped_batches=0, batches_sent=0, ignored_updates=0, local_steps=0,
                                 modules_sent=0, adapt_skipped=0)
         self.reasons: Counter = Counter()  # refusals per kind, since start
+        self._image_log = (-float("inf"), 0)  # when a refused image was last logged, and the count then
         self.events = EventWindow(10.0, clock)  # frames, refusals, drops over the last 10 s (health)
         self.last_reject = ""
         self.latencies: deque[float] = deque(maxlen=200)
@@ -168,10 +171,16 @@ class EdgeAgent:
         return Prediction(cls, self.description.labels[cls], float(probs[cls]), ent, self.version, selected, probs)
 
     def reject_frame(self, reason: str) -> None:
-        """A camera message that could not become a frame (also the node's own decoding failures)."""
+        """A camera message that could not become a frame (also the node's own decoding failures). Logged at
+        most every 5 s with the count since (a bad camera at 30 Hz must not flood the log; every refusal is
+        counted in health())."""
         self.counters["rejected_images"] += 1
         self._refuse("image", f"image: {reason}", warn=False)
-        self.log.warning(f"rejected image: {reason}")
+        now, (logged_at, logged_count) = self.clock(), self._image_log
+        if now - logged_at >= IMAGE_LOG_PERIOD_S:
+            since = self.counters["rejected_images"] - logged_count - 1
+            self.log.warning(f"rejected image: {reason}" + (f" ({since} more since the last report)" if since else ""))
+            self._image_log = (now, self.counters["rejected_images"])
 
     def _refuse(self, kind: str, text: str, warn: bool = True) -> None:
         self.reasons[kind] += 1
