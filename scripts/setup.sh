@@ -73,8 +73,17 @@ fi
 # 5. launch + launch_ros (pure Python, put on the venv's path by a .pth file) and composition_interfaces (which
 #    launch_ros imports; colcon-built into install/) from the unmodified upstream sources in ../shared/ros2-src:
 #    no registry this machine reaches has them. A robot gets them from apt (ros-<distro>-launch-ros).
-ROS2_SRC=${ECLM_ROS2_SRC:-$REPO/../shared/ros2-src}
-if [ ! -d "$ROS2_SRC/launch/launch/launch" ] || [ ! -d "$ROS2_SRC/rcl_interfaces/composition_interfaces" ]; then
+#    Looked for in $ECLM_ROS2_SRC, beside the checkout, then in the team's shared folder (a CI clone lives
+#    elsewhere).
+has_ros2_src() { [ -d "$1/launch/launch/launch" ] && [ -d "$1/rcl_interfaces/composition_interfaces" ]; }
+ROS2_SRC=${ECLM_ROS2_SRC:-}
+if [ -z "$ROS2_SRC" ]; then
+  for candidate in "$REPO/../shared/ros2-src" /work/shared/ros2-src; do
+    if has_ros2_src "$candidate"; then ROS2_SRC=$candidate; break; fi
+  done
+  ROS2_SRC=${ROS2_SRC:-$REPO/../shared/ros2-src}
+fi
+if ! has_ros2_src "$ROS2_SRC"; then
   step "launch: SKIPPED: no ROS 2 launch sources in $ROS2_SRC (set ECLM_ROS2_SRC); the launch tests will skip"
 else
   ROS2_SRC=$(cd "$ROS2_SRC" && pwd)
