@@ -14,10 +14,12 @@ def model_params(cache: Path, node: str) -> dict:
     return {"model_path": str(default_path("cloud" if node == "cloud_coordinator" else "edge", True, cache))}
 
 
-def diagnostic_values(arrays: list, node: str) -> dict[str, str]:
-    """Every key/value a node reported in its newest /diagnostics array (one status per concern)."""
+def diagnostic_values(arrays: list, node: str, concern: str = "") -> dict[str, str]:
+    """Every key/value a node reported in its newest /diagnostics array (one status per concern), or only
+    those of one ``concern`` (e.g. "settings")."""
+    prefix = f"{node}: {concern}" if concern else f"{node}:"
     for arr in reversed(arrays):
-        statuses = [s for s in arr.status if s.name.startswith(f"{node}:")]
+        statuses = [s for s in arr.status if (s.name == prefix if concern else s.name.startswith(prefix))]
         if statuses:
             return {kv.key: kv.value for s in statuses for kv in s.values}
     return {}

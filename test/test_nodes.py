@@ -478,11 +478,7 @@ def _set_parameter(listener, node: str, name: str, value):
 
 
 def _settings(listener, node: str) -> dict[str, str]:
-    for arr in reversed(listener.received["/diagnostics"]):
-        for status in arr.status:
-            if status.name == f"{node}: settings":
-                return {kv.key: kv.value for kv in status.values}
-    return {}
+    return diagnostic_values(listener.received["/diagnostics"], node, "settings")
 
 
 def _same(reported: str, value) -> bool:

@@ -268,6 +268,17 @@ class Diagnostics:
         self.pub.publish(diagnostic_array(self.node.get_clock().now().to_msg(), statuses))
 
 
+def set_period(timer, seconds: float) -> None:
+    """A run-time parameter change of a timer's period (rclpy timers count nanoseconds)."""
+    timer.timer_period_ns = int(seconds * 1e9)
+    timer.reset()
+
+
+def period_s(timer) -> float:
+    """A timer's period as it runs, in seconds."""
+    return timer.timer_period_ns / 1e9
+
+
 class _RosLogHandler(logging.Handler):
     """Python logging of the ROS-free core into the node's rclpy logger."""
 

@@ -14,7 +14,7 @@ from ...msg import BandwidthEstimate, ModelUpdate, SampleBatch
 from ...srv import BandwidthProbe
 from ..links import edge_id_for, updates_topic
 from ..params import BANDWIDTH_MONITOR, NodeParameters
-from ..ros_io import RELIABLE_QOS, UPDATE_QOS, Diagnostics, run_node
+from ..ros_io import RELIABLE_QOS, UPDATE_QOS, Diagnostics, period_s, run_node, set_period
 
 
 class BandwidthMonitor(Node):
@@ -39,14 +39,13 @@ class BandwidthMonitor(Node):
 
     def on_parameter(self, name: str, value) -> None:
         if name == "probe_period_s":
-            self.timer.timer_period_ns = int(value * 1e9)
-            self.timer.reset()
+            set_period(self.timer, value)
         elif name == "probe_bytes":
             self.payload = bytes(value)
 
     def settings(self) -> dict:
         """The probe period and payload as the timer and buffer hold them; the rest is read at each use."""
-        return {"probe_period_s": self.timer.timer_period_ns / 1e9, "probe_bytes": len(self.payload),
+        return {"probe_period_s": period_s(self.timer), "probe_bytes": len(self.payload),
                 **{k: self.params[k] for k in ("reply_bytes", "probe_timeout_s", "upload_share")}}
 
     def on_samples(self, msg: SampleBatch) -> None:

@@ -13,7 +13,7 @@ from ...msg import GroundTruth
 from ...sim.data import ImageFolder, VideoSource, load_fashion_mnist
 from ...sim.world import WorldStream, parse_schedule
 from ..params import CAMERA_STREAM, NodeParameters
-from ..ros_io import RELIABLE_QOS, SENSOR_QOS, Diagnostics, numpy_to_image, run_node
+from ..ros_io import RELIABLE_QOS, SENSOR_QOS, Diagnostics, numpy_to_image, period_s, run_node, set_period
 
 
 class CameraStream(Node):
@@ -46,13 +46,12 @@ class CameraStream(Node):
 
     def settings(self) -> dict:
         """The rate as the timer holds it; encoding, frame_id and max_frames are read for every frame."""
-        return {"rate_hz": 1e9 / self.timer.timer_period_ns,
+        return {"rate_hz": 1.0 / period_s(self.timer),
                 **{k: self.params[k] for k in ("encoding", "frame_id", "max_frames")}}
 
     def on_parameter(self, name: str, value) -> None:
         if name == "rate_hz":
-            self.timer.timer_period_ns = int(1e9 / value)
-            self.timer.reset()
+            set_period(self.timer, 1.0 / value)
 
     def _frame(self):
         if self.world is None:

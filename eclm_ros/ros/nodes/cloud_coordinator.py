@@ -18,8 +18,8 @@ from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
 from ...srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
 from ..links import DdsCloudLink
 from ..params import CLOUD_COORDINATOR, NodeParameters
-from ..ros_io import (RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, profile_from_msg, run_node,
-                      samples_from_msg, status_from_msg)
+from ..ros_io import (RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, period_s, profile_from_msg,
+                      run_node, samples_from_msg, set_period, status_from_msg)
 
 RUNTIME_SETTINGS = ("update_encoding", "update_deadline_s", "max_chunk_bytes")
 MAX_PROBE_REPLY = 16 * 1024 * 1024
@@ -67,13 +67,12 @@ class CloudCoordinator(Node):
         elif name == "max_pending_batches":
             self.coordinator.configure(max_pending_batches=value)
         elif name in self.timers_by_name:
-            self.timers_by_name[name].timer_period_ns = int(value * 1e9)
-            self.timers_by_name[name].reset()
+            set_period(self.timers_by_name[name], value)
 
     def settings(self) -> dict:
         config = self.coordinator.config
         return {**{k: getattr(config, k) for k in (*RUNTIME_SETTINGS, "max_pending_batches")},
-                **{k: timer.timer_period_ns / 1e9 for k, timer in self.timers_by_name.items()}}
+                **{k: period_s(timer) for k, timer in self.timers_by_name.items()}}
 
     def on_samples(self, msg: SampleBatch) -> None:
         try:
