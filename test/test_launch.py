@@ -176,7 +176,7 @@ def test_demo_launch_runs_one_robot_and_its_cloud_in_the_namespaces_it_is_given(
     _assert_clean_stop(demo, nodes=4)
 
 
-def test_two_robots_register_under_their_namespaces_one_with_a_compressed_camera(launches, tmp_path, monkeypatch):
+def test_two_robots_in_their_namespaces_one_compressed_one_brought_up_by_the_launch(launches, tmp_path, monkeypatch):
     from eclm_ros.ros.launch_common import config_path
 
     monkeypatch.delenv(PROFILE, raising=False)  # no profile of the user's: the launch sets the shipped one
@@ -184,10 +184,11 @@ def test_two_robots_register_under_their_namespaces_one_with_a_compressed_camera
     shutil.copy(config_path("fastdds_profile.xml"), asked)
     recorder = _recorder("/robot1/predictions", "/robot2/predictions")
     try:
-        cloud = launches.start("cloud.launch.py", cloud_namespace="/eclm_two")
+        cloud = launches.start("cloud.launch.py", cloud_namespace="/eclm_two", lifecycle="launch")
         robot1 = launches.start("edge.launch.py", namespace="robot1", cloud_namespace="/eclm_two", log_level="warn")
         robot2 = launches.start("edge.launch.py", namespace="robot2", cloud_namespace="/eclm_two",
-                                image_transport="compressed", dds_profile=str(asked), use_sim_time="true")
+                                image_transport="compressed", dds_profile=str(asked), use_sim_time="true",
+                                lifecycle="launch")
         feed = _frames(recorder, {"/robot1/camera/image_raw": "raw", "/robot2/camera/image_raw/compressed":
                                   "compressed"})
         received = recorder.received
@@ -208,6 +209,8 @@ def test_two_robots_register_under_their_namespaces_one_with_a_compressed_camera
     assert min(_diagnostics_stamps(recorder, "/robot1/edge_learner")) > 10 ** 9
     # log_level: robot1 (warn) leaves out the INFO line robot2 (info) writes when it starts serving
     assert "edge robot2 serving" in robot2.output() and "serving" not in robot1.output()
+    # lifecycle:=launch: the launch configured and activated the cloud and robot2's edge (managed nodes)
+    assert "cloud coordinator serving" in cloud.output() and "waiting for a lifecycle manager" in robot2.output()
     _assert_clean_stop(robot2, nodes=2)
     _assert_clean_stop(robot1, nodes=2)
     _assert_clean_stop(cloud, nodes=1)

@@ -522,3 +522,93 @@ def test_every_writable_parameter_takes_effect_at_run_time_and_bad_values_are_re
     finally:
         listener.close()
     assert all(p.alive() for p in system.procs), system.logs()
+
+
+def _lifecycle(listener, node: str, transition: str = "") -> tuple[bool, str]:
+    """``ros2 lifecycle set NODE <transition>`` when one is given, then ``ros2 lifecycle get NODE``: whether the
+    transition succeeded and the state's label."""
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    def call(srv_type, service: str, request):
+        client = listener.node.create_client(srv_type, f"{node}/{service}")
+        wait_for(client.service_is_ready, 30, f"{node}/{service}")
+        future = client.call_async(request)
+        wait_for(future.done, 60, f"{node}/{service} answering")
+        listener.node.destroy_client(client)
+        return future.result()
+
+    ok = True
+    if transition:
+        ids = {"configure": Transition.TRANSITION_CONFIGURE, "activate": Transition.TRANSITION_ACTIVATE,
+               "deactivate": Transition.TRANSITION_DEACTIVATE, "cleanup": Transition.TRANSITION_CLEANUP}
+        ok = call(ChangeState, "change_state", ChangeState.Request(transition=Transition(id=ids[transition]))).success
+    return ok, call(GetState, "get_state", GetState.Request()).current_state.label
+
+
+def _quiet(listener, topic: str, images: list, seconds: float = 2.0) -> bool:
+    """Nothing new on ``topic`` for ``seconds`` (after a 1 s grace) while camera frames kept coming."""
+    time.sleep(1.0)
+    count, frames = len(listener.received[topic]), len(images)
+    time.sleep(seconds)
+    assert len(images) > frames + 10, "the camera stopped publishing"
+    return len(listener.received[topic]) == count
+
+
+def test_managed_nodes_serve_only_when_active_keep_their_state_and_refuse_a_bad_model(system, tmp_path):
+    """autostart:=false: the edge learner and cloud coordinator wait unconfigured; configure loads the model but
+    serves nothing; activate serves, registers and learns; deactivate stops predictions and uploads and keeps
+    the model version; cleanup and configure again work; a configuration with a missing model is refused with
+    the reason while the node stays up."""
+    from sensor_msgs.msg import Image
+
+    from eclm_ros.ros.ros_io import SENSOR_QOS
+
+    for name in ("edge_learner", "cloud_coordinator"):
+        system.params[name]["autostart"] = False
+    listener = _listener()
+    images = []
+    listener.node.create_subscription(Image, "/robot1/image", images.append, SENSOR_QOS)
+    edge, cloud, preds = "/robot1/edge_learner", "/eclm/cloud_coordinator", "/robot1/predictions"
+    try:
+        system.start_loop()
+        assert _lifecycle(listener, edge) == (True, "unconfigured")
+        assert _lifecycle(listener, cloud) == (True, "unconfigured")
+        assert _quiet(listener, preds, images), "an unconfigured edge predicted"
+        assert _lifecycle(listener, cloud, "configure") == (True, "inactive")
+        assert _lifecycle(listener, edge, "configure") == (True, "inactive")
+        assert _quiet(listener, preds, images), "an inactive edge predicted"
+        assert not _values(listener, "edge_learner"), "an inactive edge reported on /diagnostics"
+
+        assert _lifecycle(listener, cloud, "activate") == (True, "active")
+        assert _lifecycle(listener, edge, "activate") == (True, "active")
+        wait_for(lambda: int(_values(listener, "edge_learner").get("applied", 0)) >= 2, 90,
+                 "the active edge applying two cloud updates")
+        version = listener.received[preds][-1].model_version
+        assert version >= 1
+
+        assert _lifecycle(listener, edge, "deactivate") == (True, "inactive")
+        time.sleep(1.5)  # uploads in flight land
+        batches = int(_values(listener, "cloud_coordinator")["batches"])
+        assert _quiet(listener, preds, images), "a deactivated edge predicted"
+        assert int(_values(listener, "cloud_coordinator")["batches"]) == batches, "a deactivated edge uploaded"
+
+        count = len(listener.received[preds])
+        assert _lifecycle(listener, edge, "activate") == (True, "active")
+        wait_for(lambda: len(listener.received[preds]) > count + 10, 30, "predictions after re-activation")
+        assert listener.received[preds][count].model_version >= version, "re-activation lost the model"
+
+        assert _lifecycle(listener, cloud, "deactivate") == (True, "inactive")
+        assert list((tmp_path / "state").glob("*")), "the deactivated cloud did not save its state"
+        assert _lifecycle(listener, edge, "deactivate") == (True, "inactive")
+        assert _lifecycle(listener, edge, "cleanup") == (True, "unconfigured")
+        assert _lifecycle(listener, edge, "configure") == (True, "inactive")
+
+        system.params["edge_learner"]["model_path"] = str(tmp_path / "nowhere" / "edge.pt")
+        bad = system.start("edge_learner", "/robot2")
+        assert _lifecycle(listener, "/robot2/edge_learner", "configure") == (False, "unconfigured")
+        assert bad.alive() and "eclm-ros train" in bad.output(), bad.output()
+        assert _lifecycle(listener, "/robot2/edge_learner", "activate")[0] is False  # not from unconfigured
+    finally:
+        listener.close()
+    assert all(p.alive() for p in system.procs), system.logs()

@@ -229,7 +229,9 @@ class Coordinator:
         return done
 
     def start(self) -> None:
-        """Learn on a worker thread until ``close``."""
+        """Learn on a worker thread until ``close``; again after it (once the last worker has finished its step)."""
+        if self._worker is not None:
+            self._worker.join()
         self._running.set()
         self._worker = threading.Thread(target=self._learn_loop, name="eclm-learner", daemon=True)
         self._worker.start()

@@ -54,6 +54,9 @@ class Param:
 MiB = 1024 * 1024
 CLOUD_NAMESPACE = Param("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services",
                         read_only=True)
+AUTOSTART = Param("autostart", True, "configure and activate at start-up; false: wait unconfigured for a "
+                  "lifecycle manager (ros2 lifecycle set, nav2_lifecycle_manager, launch lifecycle:=launch)",
+                  read_only=True)
 
 EDGE_LEARNER = (
     Param("edge_id", "", "this edge's id on the edge-cloud link ('' = the node's namespace, e.g. robot1)",
@@ -92,6 +95,7 @@ EDGE_LEARNER = (
     Param("image_transport", "raw", "camera input: raw (sensor_msgs/Image on `image`) or compressed "
           "(CompressedImage, jpeg/png, on `image/compressed`, as image_transport publishes it)",
           choices=("raw", "compressed"), read_only=True),
+    AUTOSTART,
 )
 
 CLOUD_COORDINATOR = (
@@ -113,6 +117,7 @@ CLOUD_COORDINATOR = (
     Param("max_chunk_bytes", 16 * MiB, "updates whose payload is larger travel in chunks of at most this many "
           "bytes", 1024, BIG),
     Param("merge_period_s", 30.0, "seconds between merge rounds across edges", 0.0, 86400.0, low_open=True),
+    AUTOSTART,
 )
 
 BANDWIDTH_MONITOR = (

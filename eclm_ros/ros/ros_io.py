@@ -309,9 +309,9 @@ def core_logger(node, name: str) -> logging.Logger:
 
 
 def run_node(node_factory) -> None:
-    """Standard main(): init, spin (multi-threaded when the node asks for it), clean exit on SIGINT or SIGTERM.
-    A node that cannot start (a refused parameter, a missing model or key file) exits with status 2 and the
-    reason, which names the fix."""
+    """Standard main(): init, bring a managed node up (unless its ``autostart`` is false), spin (multi-threaded
+    when the node asks for it), clean exit on SIGINT or SIGTERM. A node that cannot start (a refused parameter,
+    a missing model or key file) exits with status 2 and the reason, which names the fix."""
     import os
     import sys
 
@@ -319,9 +319,13 @@ def run_node(node_factory) -> None:
     from rclpy.exceptions import ParameterException
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
+    from .lifecycle import ManagedNode
+
     rclpy.init(args=sys.argv)
     try:
         node = node_factory()
+        if isinstance(node, ManagedNode):
+            node.bring_up(node.params["autostart"])
     except (ValueError, OSError, ParameterException) as exc:
         print(f"[FATAL] {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()

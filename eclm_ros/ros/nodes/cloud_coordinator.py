@@ -2,12 +2,13 @@
 
 Services `register_edge`, `reassemble_submodel`, `bandwidth_probe`; subscribes `samples`, `edge_status`,
 `learned_modules`, `link_estimates`; publishes `updates/<edge_id>` (reliable, transient-local). Everything
-between those is the ROS-free ``Coordinator``, which learns on its own thread.
+between those is the ROS-free ``Coordinator``, which learns on its own thread. A managed node: configure loads
+the model, keys and saved state, activate serves and learns, deactivate stops both and saves (queued uploads
+and every edge's state are kept for the next activation).
 """
 from pathlib import Path
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.node import Node
 
 from ...core import checkpoint
 from ...core.coordinator import Coordinator, CoordinatorConfig
@@ -16,6 +17,7 @@ from ...core.signing import EdgeKeys, load_private_key
 from ...core.strategies import make_strategy
 from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
 from ...srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
+from ..lifecycle import ManagedNode
 from ..links import DdsCloudLink
 from ..params import CLOUD_COORDINATOR, NodeParameters
 from ..ros_io import (RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, period_s, profile_from_msg,
@@ -25,49 +27,68 @@ RUNTIME_SETTINGS = ("update_encoding", "update_deadline_s", "max_chunk_bytes")
 MAX_PROBE_REPLY = 16 * 1024 * 1024
 
 
-class CloudCoordinator(Node):
+class CloudCoordinator(ManagedNode):
     multi_threaded = True
 
     def __init__(self) -> None:
         super().__init__("cloud_coordinator")
-        p = self.params = NodeParameters(self, CLOUD_COORDINATOR, self.on_parameter)
+        self.params = NodeParameters(self, CLOUD_COORDINATOR, self.on_parameter)
+        self.coordinator: Coordinator | None = None
+        self.timers_by_name: dict = {}
+
+    def configure(self) -> None:
+        p = self.params
         path = p["model_path"] or checkpoint.default_path("cloud")
         cloud = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
+        private_key = load_private_key(p["private_key"]) if p["private_key"] else None
+        edge_keys = EdgeKeys(p["edge_keys_dir"]) if p["edge_keys_dir"] else None
         self.coordinator = Coordinator(
             make_strategy(p["strategy"], cloud), DdsCloudLink(self, ""),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
-            private_key=load_private_key(p["private_key"]) if p["private_key"] else None,
-            edge_keys=EdgeKeys(p["edge_keys_dir"]) if p["edge_keys_dir"] else None,
-            state_dir=Path(p["state_dir"]) if p["state_dir"] else None, log=core_logger(self, "cloud"))
+            private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
+            log=core_logger(self, "cloud"))
+        self.diagnostics = Diagnostics(self, self.settings)
+        self.get_logger().info(f"cloud coordinator: {p['strategy']} on {path}, "
+                               f"{len(self.coordinator.versions)} edges restored")
+
+    def activate(self) -> None:
+        p, coordinator = self.params, self.coordinator
         group = MutuallyExclusiveCallbackGroup()
         self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=group)
-        self.create_subscription(EdgeStatus, "edge_status", lambda msg: self.coordinator.on_status(
+        self.create_subscription(EdgeStatus, "edge_status", lambda msg: coordinator.on_status(
             status_from_msg(msg)), RELIABLE_QOS, callback_group=group)
-        self.create_subscription(LearnedModules, "learned_modules", lambda msg: self.coordinator.on_modules(
+        self.create_subscription(LearnedModules, "learned_modules", lambda msg: coordinator.on_modules(
             modules_from_msg(msg)), RELIABLE_QOS, callback_group=group)
-        self.create_subscription(BandwidthEstimate, "link_estimates", lambda msg: self.coordinator.on_link(
+        self.create_subscription(BandwidthEstimate, "link_estimates", lambda msg: coordinator.on_link(
             msg.edge_id, msg.downlink_bps, msg.link_up), RELIABLE_QOS, callback_group=group)
         self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
         self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
         self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
                             callback_group=MutuallyExclusiveCallbackGroup())
-        self.diagnostics = Diagnostics(self, self.settings)
-        self.create_timer(1.0, lambda: self.diagnostics.publish(self.coordinator.health()), callback_group=group)
+        self.create_timer(1.0, lambda: self.diagnostics.publish(coordinator.health()), callback_group=group)
         self.timers_by_name = {
-            "save_period_s": self.create_timer(p["save_period_s"], self.coordinator.save, callback_group=group),
-            "merge_period_s": self.create_timer(p["merge_period_s"], self.coordinator.merge_round,
-                                                callback_group=group)}
-        self.coordinator.start()
-        self.get_logger().info(f"cloud coordinator ready: {p['strategy']} on {path}, "
-                               f"{len(self.coordinator.versions)} edges restored")
+            "save_period_s": self.create_timer(p["save_period_s"], coordinator.save, callback_group=group),
+            "merge_period_s": self.create_timer(p["merge_period_s"], coordinator.merge_round, callback_group=group)}
+        coordinator.start()
+        self.get_logger().info("cloud coordinator serving")
+
+    def deactivate(self) -> None:
+        self.timers_by_name = {}
+        self.coordinator.close()  # stops learning and saves; start() resumes with the queue as it was
+
+    def cleanup(self) -> None:
+        self.coordinator = None
 
     def on_parameter(self, name: str, value) -> None:
+        """Into the coordinator or a timer; unconfigured or inactive, the value waits for the next transition."""
+        if name in self.timers_by_name:
+            set_period(self.timers_by_name[name], value)
+        if self.coordinator is None:
+            return
         if name in RUNTIME_SETTINGS:
             self.coordinator.configure(**{name: value})
         elif name == "max_pending_batches":
             self.coordinator.configure(max_pending_batches=value)
-        elif name in self.timers_by_name:
-            set_period(self.timers_by_name[name], value)
 
     def settings(self) -> dict:
         config = self.coordinator.config
@@ -103,9 +124,6 @@ class CloudCoordinator(Node):
         response.received_bytes = len(request.payload)
         response.payload = bytes(min(request.reply_bytes, MAX_PROBE_REPLY))
         return response
-
-    def close(self) -> None:
-        self.coordinator.close()
 
 
 def main() -> None:

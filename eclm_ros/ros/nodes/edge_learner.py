@@ -2,9 +2,10 @@
 
 Subscribes `image` (remap it to your camera) and `bandwidth`; publishes `predictions`; talks to the cloud
 through `<cloud_namespace>/samples`, `edge_status`, `learned_modules`, `updates/<edge_id>` and the
-`register_edge` service. Everything between those is the ROS-free ``EdgeAgent``.
+`register_edge` service. Everything between those is the ROS-free ``EdgeAgent``. A managed node: configure
+loads and checks the model and keys, activate serves, deactivate stops serving and uploading and keeps the
+agent (its model version, queued uploads and adapted state) for the next activation.
 """
-from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from ...core import checkpoint
@@ -13,6 +14,7 @@ from ...core.edge_runtime import make_runtime
 from ...core.messages import Profile
 from ...core.signing import load_private_key, load_public_key
 from ...msg import BandwidthEstimate, ModelUpdate, Prediction
+from ..lifecycle import ManagedNode
 from ..links import DdsEdgeLink, edge_id_for, updates_topic
 from ..params import EDGE_LEARNER, NodeParameters
 from ..ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, core_logger, frame_from_msg,
@@ -23,35 +25,47 @@ RUNTIME_SETTINGS = ("upload_ratio", "upload_batch", "max_queued_batches", "max_u
 PROFILE_SETTINGS = ("max_params", "max_macs", "max_latency_ms", "device")
 
 
-class EdgeLearner(Node):
+class EdgeLearner(ManagedNode):
     def __init__(self) -> None:
         super().__init__("edge_learner")
-        p = self.params = NodeParameters(self, EDGE_LEARNER, self.on_parameter)
+        self.params = NodeParameters(self, EDGE_LEARNER, self.on_parameter)
+        self.agent: EdgeAgent | None = None
+
+    def configure(self) -> None:
+        p = self.params
         path = p["model_path"] or checkpoint.default_path("edge")
         model = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
         config = EdgeConfig(edge_id=edge_id_for(self, p["edge_id"]), profile=self._profile(p.values),
                             local_batch=p["local_batch"], **{k: p[k] for k in RUNTIME_SETTINGS})
+        cloud_key = load_public_key(p["cloud_public_key"]) if p["cloud_public_key"] else None
+        private_key = load_private_key(p["private_key"]) if p["private_key"] else None
         runtime = make_runtime(p["runtime"], model.model, p["bn_momentum"], p["runtime_threads"],
                                model.description.input_shape())
         self.agent = EdgeAgent(runtime, model.description, DdsEdgeLink(self, p["cloud_namespace"]), config,
-                               cloud_key=load_public_key(p["cloud_public_key"]) if p["cloud_public_key"] else None,
-                               private_key=load_private_key(p["private_key"]) if p["private_key"] else None,
-                               log=core_logger(self, "edge"))
+                               cloud_key=cloud_key, private_key=private_key, log=core_logger(self, "edge"))
         self.prediction = Prediction()  # reused: publish() serialises it at once
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
+        self.diagnostics = Diagnostics(self, self.settings)
+        self.get_logger().info(f"edge {config.edge_id}: {path} ({model.description.num_classes} classes, "
+                               f"input {model.description.input_shape()})")
+
+    def activate(self) -> None:
+        p, agent = self.params, self.agent
         if p["image_transport"] == "compressed":  # image_transport's convention: <base topic>/compressed
             self.create_subscription(CompressedImage, "image/compressed", self.on_image, SENSOR_QOS)
         else:
             self.create_subscription(Image, "image", self.on_image, SENSOR_QOS)
-        self.create_subscription(ModelUpdate, updates_topic(p["cloud_namespace"], config.edge_id), self.on_update,
-                                 UPDATE_QOS)
+        self.create_subscription(ModelUpdate, updates_topic(p["cloud_namespace"], agent.config.edge_id),
+                                 self.on_update, UPDATE_QOS)
         self.create_subscription(BandwidthEstimate, "bandwidth", self.on_bandwidth, RELIABLE_QOS)
-        self.diagnostics = Diagnostics(self, self.settings)
-        self.create_timer(0.5, self.agent.tick)
-        self.create_timer(0.05, self.agent.finish_swap)  # a new model serves as soon as it is built
-        self.create_timer(1.0, lambda: self.diagnostics.publish(self.agent.health()))
-        self.get_logger().info(f"edge {config.edge_id} serving {path} ({model.description.num_classes} classes, "
-                               f"input {model.description.input_shape()}), waiting for the cloud")
+        self.create_timer(0.5, agent.tick)
+        self.create_timer(0.05, agent.finish_swap)  # a new model serves as soon as it is built
+        self.create_timer(1.0, lambda: self.diagnostics.publish(agent.health()))
+        self.get_logger().info(f"edge {agent.config.edge_id} serving model version {agent.version}")
+
+    def cleanup(self) -> None:
+        self.agent.close()
+        self.agent = None
 
     @staticmethod
     def _profile(values: dict) -> Profile:
@@ -59,7 +73,10 @@ class EdgeLearner(Node):
                        max_macs=values["max_macs"], max_latency_ms=values["max_latency_ms"], device=values["device"])
 
     def on_parameter(self, name: str, value) -> None:
-        """A run-time change goes straight into the agent (which validates it)."""
+        """A run-time change goes straight into the agent (which validates it); unconfigured, the value waits
+        for the next configuration."""
+        if self.agent is None:
+            return
         if name in RUNTIME_SETTINGS:
             self.agent.configure(**{name: value})
         elif name in PROFILE_SETTINGS:  # the next heartbeat carries it: the cloud re-derives the sub-model
@@ -89,9 +106,6 @@ class EdgeLearner(Node):
 
     def on_bandwidth(self, msg: BandwidthEstimate) -> None:
         self.agent.on_link(msg.upload_budget_bps if msg.link_up else 0.0)
-
-    def close(self) -> None:
-        self.agent.close()
 
 
 def main() -> None:
