@@ -92,3 +92,27 @@ def test_goals_are_checked_with_their_gaps():
     assert composed["met"]
     models["edge"]["macs"] = 20  # a sub-model over the budget beating one within it proves nothing
     assert not next(g for g in goals(run, models) if g["goal"].startswith("composed sub-model"))["met"]
+
+
+def test_a_harsh_world_and_a_mixed_stream(quick_cache, tmp_path, monkeypatch):
+    """--world reaches the frames every method sees (exactly the harsh world's stream); --mixed adds a
+    mixed-domain stream per severity of the continual stream's length."""
+    from eclm_ros.sim.data import load_fashion_mnist
+    from eclm_ros.sim.world import WorldStream
+
+    out = tmp_path / "harsh"
+    assert cli(["--quick", "--cache", str(quick_cache), "--out", str(out), "--methods", "source,bn",
+                "--severity", "5", "--frames-per-segment", "16", "--world", "harsh", "--mixed"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["world"] == "harsh" and set(results["runs"]) == {"severity_5", "mixed_5"}
+    mixed = results["runs"]["mixed_5"]["methods"]["source"]
+    assert mixed["frames"] == 15 * 16 and list(mixed["per_segment"]) == ["0:mixed@5"]
+
+    spy = Spy()
+    monkeypatch.setitem(METHODS, "spy", lambda ctx: spy)
+    streams = bench.default_streams([5], 8)
+    bench.run_bench(["spy"], streams, 8, seed=0, quick=True, cache_dir=quick_cache, world="harsh")
+    x, y = load_fashion_mnist("test")
+    for world, same in (("harsh", True), ("mild", False)):
+        frames = [f.image for f, _ in (WorldStream(x, y, streams["severity_5"], 0, world).frame(t) for t in range(8))]
+        assert np.array_equal(spy.seen[0], np.stack(frames)) == same, world

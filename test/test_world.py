@@ -72,3 +72,34 @@ def test_batches_cover_the_stream_in_order():
     stream = WorldStream(X, Y, default_schedule(3, 10), seed=0)
     seen = [t.index for _, truths in stream.batches(32) for t in truths]
     assert seen == list(range(150))
+
+
+def test_a_mixed_segment_gives_each_frame_its_own_corruption_reproducibly():
+    from eclm_ros.sim.corruptions import CORRUPTIONS, corrupt
+
+    sched = parse_schedule("clean:5,mixed@5:300")
+    stream = WorldStream(X, Y, sched, seed=4)
+    truths = [stream.frame(t)[1] for t in range(305)]
+    assert {t.environment for t in truths[5:]} == {"mixed@5"} and truths[0].corruption is None
+    drawn = [t.corruption for t in truths[5:]]
+    assert set(drawn) == set(CORRUPTIONS)  # 300 draws of 15: every corruption appears
+    assert max(drawn.count(c) for c in CORRUPTIONS) < 45  # and none dominates (expected 20 each)
+    assert sum(a != b for a, b in zip(drawn, drawn[1:])) > 250  # neighbours differ: no per-batch domain
+    again = WorldStream(X, Y, sched, seed=4)
+    np.testing.assert_array_equal(_frames(stream, 40), _frames(again, 40))
+    frame, truth = stream.frame(17)  # the frame is exactly its drawn corruption of its test image
+    img = X[stream.order[17]]
+    np.testing.assert_array_equal(frame.image, corrupt(img, truth.corruption, 5, np.random.default_rng([4, 17, 0])))
+    assert parse_schedule("mixed@3:100/20*").to_string() == "mixed@3:100/20*"
+
+
+def test_the_world_sets_the_strengths_of_the_same_frames():
+    sched = default_schedule(5, 20)
+    mild, harsh = (WorldStream(X, Y, sched, seed=0, world=w) for w in ("mild", "harsh"))
+    assert [t.label for _, t in (mild.frame(i) for i in range(300))] == \
+        [t.label for _, t in (harsh.frame(i) for i in range(300))]  # same images in the same order
+    changed = {w: np.abs(_frames(s, 20).astype(float) - X[s.order[:20]]).mean() for w, s in
+               (("mild", mild), ("harsh", harsh))}  # the first segment: gaussian noise at severity 5
+    assert changed["harsh"] > 2 * changed["mild"], changed
+    with pytest.raises(ScheduleError, match="unknown world"):
+        WorldStream(X, Y, sched, world="arctic")

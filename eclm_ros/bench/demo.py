@@ -25,6 +25,7 @@ from rich.console import Console
 from ..core import checkpoint
 from ..core.preprocess import Preprocessor
 from ..core.signing import generate_key, save_key_pair
+from ..sim.corruptions import WORLDS
 from ..sim.data import load_fashion_mnist
 from ..sim.evaluation import Evaluator
 from ..sim.world import WorldStream, parse_schedule
@@ -53,7 +54,7 @@ def _write_params(out: Path, args, keys: Path) -> dict[str, Path]:
         "cloud_coordinator": {"model_path": model("cloud"), "private_key": str(keys / "cloud.pem"),
                               "state_dir": str(out / "cloud_state")},
         "edge_learner": {"model_path": model("edge"), "cloud_public_key": str(keys / "cloud.pub")},
-        "camera_stream": {"schedule": args.schedule, "seed": args.seed, "rate_hz": args.rate},
+        "camera_stream": {"schedule": args.schedule, "world": args.world, "seed": args.seed, "rate_hz": args.rate},
         "bandwidth_monitor": {},
     }
     paths = {}
@@ -67,10 +68,11 @@ def _write_params(out: Path, args, keys: Path) -> dict[str, Path]:
     return paths
 
 
-def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, quick: bool, cache) -> dict[int, bool]:
+def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, world: str, quick: bool,
+                     cache) -> dict[int, bool]:
     """Whether the unadapted edge model gets each frame right: the same frames, regenerated from the seed."""
     x, y = load_fashion_mnist("test")
-    stream = WorldStream(x, y, parse_schedule(schedule), seed)
+    stream = WorldStream(x, y, parse_schedule(schedule), seed, world)
     edge = trainer.load("edge", quick, cache)
     to_tensor = Preprocessor(edge.description).tensor
     out = {}
@@ -83,14 +85,14 @@ def _source_accuracy(frames: list[tuple[int, int]], schedule: str, seed: int, qu
     return out
 
 
-def _in_process(frames: list[int], schedule: str, seed: int, quick: bool, cache) -> Evaluator:
+def _in_process(frames: list[int], schedule: str, seed: int, world: str, quick: bool, cache) -> Evaluator:
     """The same system in one process (``eclm-ros bench``'s eclm_ros method) on the same stream, up to the last
     frame the demo evaluated: how far DDS, timing and dropped frames move the demo from the benchmark."""
     from .method import BenchContext
     from .run import METHODS, run_method
 
     x, y = load_fashion_mnist("test")
-    stream = WorldStream(x, y, parse_schedule(schedule), seed)
+    stream = WorldStream(x, y, parse_schedule(schedule), seed, world)
     batches = list(stream.batches(64, stop=max(frames) + 1))
     result = run_method(METHODS["eclm_ros"](BenchContext(quick, seed, Path(cache) if cache else None)), batches)
     bench, wanted = result["_evaluator"], set(frames)
@@ -167,18 +169,20 @@ def _report(out: Path, args, preds, truths, recorder, console: Console) -> dict:
         edge.add_predictions([t.frame_index], [p.class_id])
         edge.add_truth(t.frame_index, t.class_id, t.segment_index, t.environment)
     correct = _source_accuracy([(t.frame_index, t.class_id) for t, _ in joined], args.schedule, args.seed,
-                               args.quick, args.cache)
+                               args.world, args.quick, args.cache)
     source = Evaluator()
     for t, _ in joined:
         source.add_predictions([t.frame_index], [t.class_id if correct[t.frame_index] else -1])
         source.add_truth(t.frame_index, t.class_id, t.segment_index, t.environment)
-    bench = _in_process([t.frame_index for t, _ in joined], args.schedule, args.seed, args.quick, args.cache) \
+    bench = _in_process([t.frame_index for t, _ in joined], args.schedule, args.seed, args.world, args.quick,
+                        args.cache) \
         if joined else Evaluator()
     statuses = recorder.received["/eclm/edge_status"]
     links = recorder.received["/robot1/bandwidth"]
     last = statuses[-1] if statuses else None
     report = {
-        "duration_s": args.duration, "schedule": args.schedule, "seed": args.seed, "rate_hz": args.rate,
+        "duration_s": args.duration, "schedule": args.schedule, "world": args.world, "seed": args.seed,
+        "rate_hz": args.rate,
         "quick_models": args.quick, "frames_published": len(truths), "predictions": len(preds),
         "frames_evaluated": len(joined), "accuracy": edge.accuracy(), "source_accuracy": source.accuracy(),
         "bench_accuracy": bench.accuracy(),
@@ -197,7 +201,7 @@ def _report(out: Path, args, preds, truths, recorder, console: Console) -> dict:
                  window=max(30, int(args.rate * 10)))
     lines = ["# eclm_ros demo report", "",
              f"{report['frames_evaluated']} frames over {args.duration:.0f} s at {args.rate} Hz, schedule "
-             f"`{args.schedule}`, seed {args.seed}{' (quick models)' if args.quick else ''}.", "",
+             f"`{args.schedule}`, {args.world} world, seed {args.seed}{' (quick models)' if args.quick else ''}.", "",
              "| | value |", "|---|---:|",
              f"| edge accuracy (adapting) | {report['accuracy']:.4f} |",
              f"| source model on the same frames | {report['source_accuracy']:.4f} |",
@@ -223,6 +227,8 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models (tests)")
     parser.add_argument("--rate", type=float, default=30.0, help="camera frames per second")
     parser.add_argument("--schedule", default=DEFAULT_SCHEDULE, help="environment schedule (see world.py)")
+    parser.add_argument("--world", choices=WORLDS, default="mild", help="corruption strengths: mild (CIFAR-10-C's) "
+                        "or harsh (ImageNet-C's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs", help="reports go to OUT/<stamp>/")
     parser.add_argument("--cache", default=None, help="checkpoint cache directory")

@@ -20,6 +20,7 @@ from ..core.models import count_macs, count_params
 from ..core.norm import affine_param_fraction
 from ..core.strategies import default_budget
 from ..core.tensor_codec import pack
+from ..sim.corruptions import CORRUPTIONS, WORLDS
 from ..sim.data import load_fashion_mnist
 from ..sim.evaluation import Evaluator
 from ..sim.world import Schedule, WorldStream, default_schedule, parse_schedule
@@ -53,13 +54,19 @@ def run_method(method: Method, batches: list[tuple[np.ndarray, list]], progress=
             "_evaluator": ev}
 
 
-def default_streams(severities: list[int], frames_per_segment: int) -> dict[str, Schedule]:
-    """The default benchmark: all 15 corruptions in a row, continual, once per severity."""
-    return {f"severity_{sev}": default_schedule(sev, frames_per_segment) for sev in severities}
+def default_streams(severities: list[int], frames_per_segment: int, mixed: bool = False) -> dict[str, Schedule]:
+    """The default benchmark: all 15 corruptions in a row, continual, once per severity; with ``mixed`` also a
+    mixed-domain stream of the same length per severity (every frame its own corruption)."""
+    streams = {f"severity_{sev}": default_schedule(sev, frames_per_segment) for sev in severities}
+    if mixed:
+        streams.update({f"mixed_{sev}": parse_schedule(f"mixed@{sev}:{len(CORRUPTIONS) * frames_per_segment}")
+                        for sev in severities})
+    return streams
 
 
 def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int, seed: int,
-              quick: bool, cache_dir: Path | None = None, console: Console | None = None) -> dict:
+              quick: bool, cache_dir: Path | None = None, console: Console | None = None,
+              world: str = "mild") -> dict:
     console = console or Console()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
@@ -75,12 +82,12 @@ def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int,
     models["edge"]["weights_bytes"] = pack(edge.state_dict(), compress=False).wire_size
     models["edge"]["budget_macs"] = default_budget(cloud).max_macs
     results = {"config": {"methods": methods, "streams": {k: s.to_string() for k, s in streams.items()},
-                          "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True,
+                          "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True, "world": world,
                           "torch_threads": torch.get_num_threads()},
                "models": models, "runs": {}}
     evaluators = {}
     for key, schedule in streams.items():
-        stream = WorldStream(test_x, test_y, schedule, seed)
+        stream = WorldStream(test_x, test_y, schedule, seed, world)
         batches = list(stream.batches(batch_size))  # generated once: every method sees identical frames
         run = {}
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -109,6 +116,10 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--frames-per-segment", type=int, default=0, help="0 = 1000 (quick: 64)")
     parser.add_argument("--schedule", default="", help="one stream of your own instead of the severities, e.g. "
                         "the demo's: 'clean:450,fog@3:900,...' (see world.parse_schedule)")
+    parser.add_argument("--world", choices=WORLDS, default="mild", help="corruption strengths: mild (CIFAR-10-C's) "
+                        "or harsh (ImageNet-C's, spatial parameters scaled from 224 px to the frame)")
+    parser.add_argument("--mixed", action="store_true", help="also a mixed-domain stream per severity (each frame "
+                        "its own corruption)")
     parser.add_argument("--batch", type=int, default=64, help="frames per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
@@ -126,13 +137,14 @@ def cli(argv: list[str]) -> int:
         parser.error("--batch must be >= 1")
     fps = args.frames_per_segment or (64 if args.quick else 1000)
     try:
-        streams = {"custom": parse_schedule(args.schedule)} if args.schedule else default_streams(severities, fps)
+        streams = ({"custom": parse_schedule(args.schedule)} if args.schedule
+                   else default_streams(severities, fps, args.mixed))
     except ValueError as exc:
         parser.error(str(exc))
     console = Console()
     try:
         results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], streams, args.batch,
-                            args.seed, args.quick, args.cache, console)
+                            args.seed, args.quick, args.cache, console, args.world)
     except ValueError as exc:
         parser.error(str(exc))
     write_results(results, args.out)

@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..sim.corruptions import WORLDS
+
 BIG = 2 ** 62  # an integer parameter's "no upper limit" in its descriptor range
 
 
@@ -135,7 +137,10 @@ CAMERA_STREAM = (
     Param("source", "world", "world (Fashion-MNIST + schedule), folder, or video", choices=("world", "folder", "video"),
           read_only=True),
     Param("schedule", "clean:300,fog@3:600,contrast@3:600,gaussian_noise@3:600,motion_blur@3:600*",
-          "environment schedule: name[@severity]:frames[/transition], comma-separated, '*' repeats", read_only=True),
+          "environment schedule: name[@severity]:frames[/transition], comma-separated, '*' repeats; name 'mixed' "
+          "draws each frame's corruption at random", read_only=True),
+    Param("world", "mild", "corruption strengths: mild (CIFAR-10-C's) or harsh (ImageNet-C's)", choices=WORLDS,
+          read_only=True),
     Param("seed", 0, "stream seed (same seed, same frames)", 0, BIG, read_only=True),
     Param("rate_hz", 30.0, "frames per second", 0.0, 1000.0, low_open=True),
     Param("size", [28, 28], "published frame [width, height] in pixels", read_only=True),

@@ -1,7 +1,9 @@
 """The shifting camera world: an environment schedule turned into an endless, reproducible frame stream.
 
-A schedule is a list of segments (corruption, severity, length, gradual transition). The stream draws test
-images in a seeded order and corrupts them for the segment each frame falls in. Ground truth travels apart
+A schedule is a list of segments (corruption, severity, length, gradual transition); a ``mixed`` segment draws
+each frame's corruption at random (the mixed-domain stream, where per-batch statistics fail). The stream draws
+test images in a seeded order and corrupts them for the segment each frame falls in, with the strengths of its
+world (``mild``: CIFAR-C's, ``harsh``: ImageNet-C's; see ``corruptions``). Ground truth travels apart
 from the frame (``Truth``): the learner gets only pixels, the evaluator joins the two by frame index.
 Frame ``t`` depends only on (seed, t), so any part of the stream can be regenerated exactly.
 """
@@ -13,7 +15,9 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from .corruptions import CORRUPTIONS, corrupt
+from .corruptions import CORRUPTIONS, WORLDS, corrupt
+
+MIXED = "mixed"  # a segment whose every frame has its own corruption, drawn from CORRUPTIONS
 
 
 class ScheduleError(ValueError):
@@ -30,8 +34,9 @@ class Segment:
     transition: int = 0
 
     def __post_init__(self) -> None:
-        if self.corruption is not None and self.corruption not in CORRUPTIONS:
-            raise ScheduleError(f"unknown corruption {self.corruption!r}; known: {', '.join(CORRUPTIONS)}")
+        if self.corruption is not None and self.corruption not in (*CORRUPTIONS, MIXED):
+            raise ScheduleError(f"unknown corruption {self.corruption!r}; known: {', '.join(CORRUPTIONS)} "
+                                f"and {MIXED}")
         if self.corruption is not None and not 1 <= self.severity <= 5:
             raise ScheduleError(f"{self.corruption}: severity must be 1..5, got {self.severity}")
         if self.length < 1 or not 0 <= self.transition <= self.length:
@@ -135,21 +140,31 @@ class Truth:
 class WorldStream:
     """An endless (or schedule-long) reproducible stream of corrupted test images."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, schedule: Schedule, seed: int = 0) -> None:
+    def __init__(self, images: np.ndarray, labels: np.ndarray, schedule: Schedule, seed: int = 0,
+                 world: str = "mild") -> None:
+        if world not in WORLDS:
+            raise ScheduleError(f"unknown world {world!r}; known: {', '.join(WORLDS)}")
         if images.dtype != np.uint8 or images.ndim not in (3, 4) or len(images) != len(labels) or not len(images):
             raise ScheduleError(f"need uint8 images [N,H,W(,3)] with N labels, got {images.dtype} {images.shape}"
                                 f" and {len(labels)} labels")
-        self.images, self.labels, self.schedule, self.seed = images, labels, schedule, seed
+        self.images, self.labels, self.schedule, self.seed, self.world = images, labels, schedule, seed, world
         self.order = np.random.default_rng(seed).permutation(len(images))
 
     def __len__(self) -> int:
         """Frames in one pass of the schedule."""
         return self.schedule.period
 
+    def corruption_at(self, seg: Segment, t: int) -> str | None:
+        """The corruption frame ``t`` gets in ``seg``: its own, or for a mixed segment one drawn per frame."""
+        if seg.corruption != MIXED:
+            return seg.corruption
+        return CORRUPTIONS[int(np.random.default_rng([self.seed, t, 2]).integers(len(CORRUPTIONS)))]
+
     def _environment_image(self, img: np.ndarray, seg: Segment, t: int, salt: int) -> np.ndarray:
-        if seg.corruption is None:
+        name = self.corruption_at(seg, t)
+        if name is None:
             return img
-        return corrupt(img, seg.corruption, seg.severity, np.random.default_rng([self.seed, t, salt]))
+        return corrupt(img, name, seg.severity, np.random.default_rng([self.seed, t, salt]), self.world)
 
     def frame(self, t: int) -> tuple[Frame, Truth]:
         """Frame ``t`` and its truth; depends only on (seed, t)."""
@@ -166,7 +181,7 @@ class WorldStream:
             before = self._environment_image(self.images[k], prev, t, 1) if prev is not None else self.images[k]
             alpha = (offset + 1) / (seg.transition + 1)
             img = np.clip(np.rint(alpha * img.astype(np.float32) + (1 - alpha) * before), 0, 255).astype(np.uint8)
-        return Frame(t, img), Truth(t, int(self.labels[k]), i, seg.name, seg.corruption, seg.severity)
+        return Frame(t, img), Truth(t, int(self.labels[k]), i, seg.name, self.corruption_at(seg, t), seg.severity)
 
     def __iter__(self) -> Iterator[tuple[Frame, Truth]]:
         t = 0

@@ -26,10 +26,10 @@ class CameraStream(Node):
         self.source = p["source"]
         if self.source == "world":
             x, y = load_fashion_mnist("test")
-            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"])
+            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"], p["world"])
         elif self.source == "folder":
             x, y = ImageFolder(p["path"]).arrays()
-            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"])
+            self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"], p["world"])
         else:
             self.world = None
             self.video = iter(VideoSource(p["path"]))
