@@ -12,6 +12,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=["eclm_ros", "eclm_ros.*"]),
+    package_data={"eclm_ros": ["weights/*.pt", "weights/manifest.json"]},  # the trained defaults
     install_requires=[
         "numpy>=1.21.5",  # Humble's apt numpy (requirements-humble.txt, tested there)
         "torch>=2.1",

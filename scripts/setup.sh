@@ -70,12 +70,14 @@ else
   step "colcon: build up to date"
 fi
 
-# 5. launch + launch_ros (pure Python, put on the venv's path by a .pth file) and composition_interfaces (which
-#    launch_ros imports; colcon-built into install/) from the unmodified upstream sources in ../shared/ros2-src:
-#    no registry this machine reaches has them. A robot gets them from apt (ros-<distro>-launch-ros).
+# 5. launch + launch_ros (pure Python, put on the venv's path by a .pth file), composition_interfaces (which
+#    launch_ros imports) and vision_msgs (colcon-built into install/) from the unmodified upstream sources in
+#    ../shared/ros2-src: no registry this machine reaches has them. A robot gets them from apt
+#    (ros-<distro>-launch-ros, ros-<distro>-vision-msgs).
 #    Looked for in $ECLM_ROS2_SRC, beside the checkout, then in the team's shared folder (a CI clone lives
 #    elsewhere).
-has_ros2_src() { [ -d "$1/launch/launch/launch" ] && [ -d "$1/rcl_interfaces/composition_interfaces" ]; }
+has_ros2_src() { [ -d "$1/launch/launch/launch" ] && [ -d "$1/rcl_interfaces/composition_interfaces" ] \
+  && [ -d "$1/vision_msgs/vision_msgs" ]; }
 ROS2_SRC=${ECLM_ROS2_SRC:-}
 if [ -z "$ROS2_SRC" ]; then
   for candidate in "$REPO/../shared/ros2-src" /work/shared/ros2-src; do
@@ -109,21 +111,24 @@ else
     done
     touch "$stamp"
   fi
-  want=$(cd "$ROS2_SRC/rcl_interfaces/composition_interfaces" && cat package.xml CMakeLists.txt srv/* | sha256sum)
-  stamp="$REPO/install/.composition_interfaces_build"
+  # composition_interfaces (launch_ros imports it) and vision_msgs (the edge's standard outputs), built by colcon
+  interfaces=("$ROS2_SRC/rcl_interfaces/composition_interfaces" "$ROS2_SRC/vision_msgs/vision_msgs")
+  want=$(find "${interfaces[@]}" -type f \( -name '*.msg' -o -name '*.srv' -o -name package.xml \
+    -o -name CMakeLists.txt \) | LC_ALL=C sort | xargs cat | sha256sum)
+  stamp="$REPO/install/.ros2_src_interfaces_build"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    step "colcon: building composition_interfaces from $ROS2_SRC (about a minute)"
+    step "colcon: building composition_interfaces and vision_msgs from $ROS2_SRC (about two minutes)"
     (
       # shellcheck disable=SC1091
       . "$VENV/bin/activate"
       export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
-      colcon --log-base log build --base-paths "$ROS2_SRC/rcl_interfaces/composition_interfaces" \
+      colcon --log-base log build --base-paths "${interfaces[@]}" \
         --build-base build/ros2-src --event-handlers console_cohesion- summary+ \
         --cmake-args -DPython3_EXECUTABLE="$VENV/bin/python" -DBUILD_TESTING=OFF
-    ) || fail "colcon build composition_interfaces (the CMake error is above and in log/latest_build)"
+    ) || fail "colcon build composition_interfaces, vision_msgs (the CMake error is above and in log/latest_build)"
     echo "$want" > "$stamp"
   else
-    step "colcon: composition_interfaces up to date"
+    step "colcon: composition_interfaces and vision_msgs up to date"
   fi
 fi
 step "done. Use it with: source scripts/env.sh"

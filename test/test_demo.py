@@ -20,8 +20,13 @@ def test_demo_writes_a_report(tmp_path, quick_cache, capsys):
     assert 0 < report["upload_ratio"] < 0.5
     assert set(report["per_segment"]) == {"0:clean", "1:contrast@5"}
     assert 0 <= report["bench_accuracy"] <= 1  # the same stream in-process, for the agreement check
+    assert set(report["on_device_accuracy"]) == {"bn", "tent"} and report["best_on_device"] in ("bn", "tent")
+    assert report["on_device_accuracy"][report["best_on_device"]] == max(report["on_device_accuracy"].values())
+    assert set(report["on_device_per_segment"]) == set(report["per_segment"])
+    assert 0 < report["first_prediction_s"] < 120
     assert (run / "accuracy.png").stat().st_size > 10_000
-    assert "source model on the same frames" in (run / "report.md").read_text()
+    md = (run / "report.md").read_text()
+    assert "source model on the same frames" in md and "(best)" in md
     assert "frames" in capsys.readouterr().out  # the live progress line
 
 

@@ -612,3 +612,49 @@ def test_managed_nodes_serve_only_when_active_keep_their_state_and_refuse_a_bad_
     finally:
         listener.close()
     assert all(p.alive() for p in system.procs), system.logs()
+
+
+def test_the_edge_speaks_vision_msgs_every_score_and_a_latched_label_list(system):
+    """A consumer needs no eclm_ros types: per frame a vision_msgs/Classification with every class score under
+    the frame's header, agreeing with the Prediction; the labels as a LabelInfo a late subscriber still gets."""
+    from vision_msgs.msg import Classification, LabelInfo
+
+    from eclm_ros.msg import Prediction
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS
+    from eclm_ros.ros.vision import LABEL_QOS
+    from eclm_ros.sim.data import fashion_mnist_description
+
+    listener = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
+                         "/robot1/classification": (Classification, RELIABLE_QOS)})
+    images = listener.publisher(type(_image(b"")), "/robot1/image", SENSOR_QOS)
+    rng, sent = np.random.default_rng(5), [0]
+
+    def feed() -> bool:
+        for _ in range(5):
+            sent[0] += 1
+            msg = _image(rng.integers(0, 255, 784, dtype=np.uint8).tobytes())
+            msg.header.stamp.sec, msg.header.frame_id = sent[0], "camera"
+            images.publish(msg)
+            time.sleep(0.02)
+        return True
+
+    late: list = []
+    try:
+        system.start("edge_learner", "/robot1")
+        wait_for(lambda: feed() and len(listener.received["/robot1/classification"]) >= 30, 90,
+                 "30 vision_msgs/Classification messages")
+        listener.node.create_subscription(LabelInfo, "/robot1/label_info", late.append, LABEL_QOS)
+        wait_for(lambda: late, 20, "the latched label list on label_info (subscribed after it was published)")
+    finally:
+        listener.close()
+    labels = fashion_mnist_description().labels
+    assert [(c.class_id, c.class_name) for c in late[0].class_map] == list(enumerate(labels))
+    preds = {_stamp(p.header): p for p in listener.received["/robot1/predictions"]}
+    joined = [(c, preds[_stamp(c.header)]) for c in listener.received["/robot1/classification"]
+              if _stamp(c.header) in preds]
+    assert len(joined) >= 20
+    for c, p in joined:
+        scores = np.array([h.score for h in c.results])
+        assert [h.class_id for h in c.results] == [str(i) for i in range(len(labels))]
+        assert c.header.frame_id == "camera" and abs(scores.sum() - 1) < 1e-3
+        assert int(np.argmax(scores)) == p.class_id and scores[p.class_id] == pytest.approx(p.score, abs=1e-4)

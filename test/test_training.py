@@ -62,3 +62,49 @@ def test_stale_cache_is_retrained(quick_cache, tmp_path):
     manifest.write_text(json.dumps(data))
     train_all(quick=True, cache_dir=cache, progress=False)
     assert json.loads(manifest.read_text())["code_hash"] != "stale"
+
+
+@pytest.fixture
+def no_named_cache(monkeypatch):
+    monkeypatch.delenv("ECLM_ROS_CACHE", raising=False)
+
+
+@pytest.mark.parametrize("name", ["cloud", "edge", "edge_small"])
+def test_shipped_defaults_load_without_training_and_match_their_manifest(name, no_named_cache, monkeypatch):
+    """A fresh install serves the trained defaults at once: no training, the file its manifest names (digest),
+    made by the code in this tree (code hash) and as accurate as the manifest says on the clean test split."""
+    from eclm_ros.training import trainer
+
+    path = checkpoint.default_path(name)
+    assert checkpoint.is_shipped(path), f"{path} is not the shipped default"
+    entry = checkpoint.shipped_manifest()[name]
+    assert checkpoint.file_digest(path) == entry["sha256"] and path.stat().st_size == entry["bytes"]
+    assert entry["code_hash"] == trainer.code_hash(), (
+        "the shipped defaults were made by other code than this tree's: run 'eclm-ros train --force --ship'")
+    monkeypatch.setattr(trainer, "train_model", lambda *a, **k: pytest.fail("a shipped default was retrained"))
+    for key in ("data", "recipe", "command", "seed", "clean_test_accuracy", "params", "macs"):
+        assert key in entry
+    loaded = trainer.load(name)
+    x, y = load_fashion_mnist("test")
+    assert accuracy(loaded.model, x, y) == pytest.approx(entry["clean_test_accuracy"], abs=0.005)
+    assert loaded.manifest["clean_test_accuracy"] == entry["clean_test_accuracy"]
+
+
+def test_a_damaged_shipped_model_is_refused_and_a_named_cache_wins(tmp_path, monkeypatch, quick_cache):
+    import shutil
+
+    shipped = tmp_path / "weights"
+    shutil.copytree(checkpoint.SHIPPED_DIR, shipped)
+    monkeypatch.setattr(checkpoint, "SHIPPED_DIR", shipped)
+    monkeypatch.setattr(checkpoint, "SHIPPED_MANIFEST", shipped / "manifest.json")
+    monkeypatch.delenv("ECLM_ROS_CACHE", raising=False)
+    data = bytearray((shipped / "edge.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (shipped / "edge.pt").write_bytes(bytes(data))
+    with pytest.raises(checkpoint.ModelFileError, match="does not match its manifest.*reinstall"):
+        checkpoint.load(checkpoint.default_path("edge"))
+    checkpoint.load(checkpoint.default_path("edge_small"))  # the others are intact
+    assert checkpoint.default_path("edge", cache_dir=quick_cache) == quick_cache / "full" / "edge.pt"
+    monkeypatch.setenv("ECLM_ROS_CACHE", str(quick_cache))
+    assert checkpoint.default_path("edge") == quick_cache / "full" / "edge.pt"
+    assert checkpoint.default_path("edge", quick=True) == quick_cache / "quick" / "edge.pt"

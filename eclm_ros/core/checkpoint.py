@@ -7,6 +7,8 @@ made. Loading never trains: a missing or unreadable file raises ``ModelFileError
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,14 +36,56 @@ class Checkpoint:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "weights"  # trained defaults, installed with the package
+SHIPPED_MANIFEST = SHIPPED_DIR / "manifest.json"
+
+
 def cache_root(cache_dir: Path | str | None = None) -> Path:
-    """Where trained models live: ``cache_dir``, else $ECLM_ROS_CACHE, else ~/.cache/eclm_ros."""
+    """Where models a user trains live: ``cache_dir``, else $ECLM_ROS_CACHE, else ~/.cache/eclm_ros."""
     return Path(cache_dir or os.environ.get("ECLM_ROS_CACHE", Path.home() / ".cache" / "eclm_ros"))
 
 
-def default_path(name: str, quick: bool = False, cache_dir: Path | str | None = None) -> Path:
-    """The file of a default model (``cloud``, ``edge``, ``edge_small``) in the cache."""
+def cache_path(name: str, quick: bool = False, cache_dir: Path | str | None = None) -> Path:
+    """Where ``eclm-ros train`` keeps a default model (``cloud``, ``edge``, ``edge_small``) it trained."""
     return cache_root(cache_dir) / ("quick" if quick else "full") / f"{name}.pt"
+
+
+def default_path(name: str, quick: bool = False, cache_dir: Path | str | None = None) -> Path:
+    """The default model a node or command uses: the trained one shipped with the package, so a fresh machine
+    serves at once; the cache's when a cache is named (``cache_dir`` or $ECLM_ROS_CACHE) or for quick models."""
+    shipped = SHIPPED_DIR / f"{name}.pt"
+    if not quick and cache_dir is None and "ECLM_ROS_CACHE" not in os.environ and shipped.is_file():
+        return shipped
+    return cache_path(name, quick, cache_dir)
+
+
+def is_shipped(path: Path | str) -> bool:
+    return Path(path).resolve().parent == SHIPPED_DIR
+
+
+def shipped_manifest() -> dict[str, dict[str, Any]]:
+    """How each shipped model was made (recipe, data, command, clean accuracy) and its file's sha256."""
+    try:
+        return json.loads(SHIPPED_MANIFEST.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(f"{SHIPPED_MANIFEST} is missing or unreadable ({exc}); reinstall eclm_ros") from exc
+
+
+def file_digest(path: Path | str) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def verify_shipped(path: Path | str) -> None:
+    """A shipped model file must be the one its manifest names: a damaged install fails loudly, not subtly."""
+    path = Path(path)
+    entry = shipped_manifest().get(path.stem)
+    if entry is None:
+        raise ModelFileError(f"{path} is not listed in {SHIPPED_MANIFEST}; reinstall eclm_ros")
+    digest = file_digest(path)
+    if digest != entry["sha256"]:
+        raise ModelFileError(f"{path} does not match its manifest (sha256 {digest[:12]}, expected "
+                             f"{entry['sha256'][:12]}): reinstall eclm_ros, or train your own with 'eclm-ros train "
+                             f"--cache DIR' and use --cache DIR")
 
 
 def save(path: Path | str, model: nn.Module, description: ModelDescription, calibration: np.ndarray | None = None,
@@ -63,6 +107,8 @@ def load(path: Path | str, fix: str = "") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"no model file at {path}{': ' + fix if fix else ''}")
+    if is_shipped(path):
+        verify_shipped(path)
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated zip, pickle of another kind, not a torch file at all

@@ -63,8 +63,8 @@ AUTOSTART = Param("autostart", True, "configure and activate at start-up; false:
 EDGE_LEARNER = (
     Param("edge_id", "", "this edge's id on the edge-cloud link ('' = the node's namespace, e.g. robot1)",
           read_only=True),
-    Param("model_path", "", "edge model checkpoint ('' = the default trained model in $ECLM_ROS_CACHE or "
-          "~/.cache/eclm_ros: run 'eclm-ros train')", read_only=True),
+    Param("model_path", "", "edge model checkpoint ('' = the trained default shipped with the package, or "
+          "$ECLM_ROS_CACHE's when that is set)", read_only=True),
     Param("upload_ratio", 0.2, "share of frames the edge may upload", 0.0, 1.0),
     Param("upload_batch", 16, "frames per SampleBatch", 1, 1024),
     Param("max_queued_batches", 32, "uploads kept while the cloud is unreachable (oldest dropped first)", 1, 100_000),
@@ -101,8 +101,8 @@ EDGE_LEARNER = (
 )
 
 CLOUD_COORDINATOR = (
-    Param("model_path", "", "modular cloud model checkpoint ('' = the default trained model in "
-          "$ECLM_ROS_CACHE or ~/.cache/eclm_ros: run 'eclm-ros train')", read_only=True),
+    Param("model_path", "", "modular cloud model checkpoint ('' = the trained default shipped with the "
+          "package, or $ECLM_ROS_CACHE's when that is set)", read_only=True),
     Param("state_dir", "", "where per-edge state is saved and restored ('' = not persisted)", read_only=True),
     Param("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = unsigned)", read_only=True),
     Param("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem); when set, only uploads "

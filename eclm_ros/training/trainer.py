@@ -1,4 +1,8 @@
-"""Offline training of the cloud model and the edge models, with a checkpoint cache.
+"""Offline training of the cloud model and the edge models: the defaults shipped with the package, and a cache.
+
+The full defaults are trained once and shipped (``eclm_ros/weights``, ``--ship``) so a fresh install serves at
+once; ``eclm-ros train --force`` reproduces them into the cache and prints how close it came. Quick models
+(tests, CI) and whatever a user trains live in the cache.
 
 The cloud ModularNet trains with a random module subset beside the full model on every batch (in-place
 distillation from the full model, as in slimmable / once-for-all networks), so every sub-model works without
@@ -17,6 +21,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -185,7 +190,7 @@ def train_model(recipe: Recipe, seed: int, progress: bool = True, desc: str = ""
 
 
 def _manifest_path(name: str, quick: bool, cache_dir: Path | str | None) -> Path:
-    return checkpoint.default_path(name, quick, cache_dir).with_suffix(".json")
+    return checkpoint.cache_path(name, quick, cache_dir).with_suffix(".json")
 
 
 def _manifest_ok(path: Path, recipe: Recipe | None) -> bool:
@@ -202,7 +207,7 @@ def _write(name: str, quick: bool, cache_dir, model: nn.Module, manifest: dict,
     manifest = {**manifest, "name": name, "code_hash": code_hash(), "torch": str(torch.__version__),
                 "clean_test_accuracy": round(accuracy(model, test_x, test_y), 4), "params": count_params(model),
                 "macs": count_macs(model)}
-    checkpoint.save(checkpoint.default_path(name, quick, cache_dir), model, fashion_mnist_description(),
+    checkpoint.save(checkpoint.cache_path(name, quick, cache_dir), model, fashion_mnist_description(),
                     calibration, manifest)
     _manifest_path(name, quick, cache_dir).write_text(json.dumps(manifest, indent=2))
     return manifest
@@ -223,7 +228,7 @@ def train_all(quick: bool = False, cache_dir: Path | str | None = None, force: b
     manifests, retrained = {}, set()
     for name, recipe in RECIPES["quick" if quick else "full"].items():
         path = _manifest_path(name, quick, cache_dir)
-        if not force and checkpoint.default_path(name, quick, cache_dir).exists() and _manifest_ok(path, recipe):
+        if not force and checkpoint.cache_path(name, quick, cache_dir).exists() and _manifest_ok(path, recipe):
             manifests[name] = json.loads(path.read_text())
             continue
         t0 = time.time()
@@ -238,8 +243,9 @@ def train_all(quick: bool = False, cache_dir: Path | str | None = None, force: b
                                  calibration_views(quick) if name == "cloud" else None)
         retrained.add(name)
     edge_path = _manifest_path("edge", quick, cache_dir)  # derived from the cloud model: redone with it
-    if "cloud" in retrained or not checkpoint.default_path("edge", quick, cache_dir).exists() or not _manifest_ok(edge_path, None):
-        cloud = checkpoint.load(checkpoint.default_path("cloud", quick, cache_dir)).model
+    if "cloud" in retrained or not checkpoint.cache_path("edge", quick, cache_dir).exists() \
+            or not _manifest_ok(edge_path, None):
+        cloud = checkpoint.load(checkpoint.cache_path("cloud", quick, cache_dir)).model
         manifests["edge"] = write_defaults(cloud, quick, cache_dir, {k: manifests["cloud"][k] for k in (
             "seed", "data", "command")})
     else:
@@ -247,10 +253,48 @@ def train_all(quick: bool = False, cache_dir: Path | str | None = None, force: b
     return manifests
 
 
+DEFAULTS = ("cloud", "edge", "edge_small")
+
+
+def ensure(quick: bool = False, cache_dir: Path | str | None = None) -> None:
+    """Make the default models a command will use available: the shipped ones as they are, a cache's trained
+    when missing or stale (for commands; nodes never train)."""
+    if not all(checkpoint.is_shipped(checkpoint.default_path(n, quick, cache_dir)) for n in DEFAULTS):
+        train_all(quick=quick, cache_dir=cache_dir, progress=True)
+
+
 def load(name: str, quick: bool = False, cache_dir: Path | str | None = None) -> checkpoint.Checkpoint:
-    """A default model's checkpoint, trained first when missing or stale (for commands; nodes never train)."""
-    train_all(quick=quick, cache_dir=cache_dir, progress=True)
+    """A default model's checkpoint (see ``ensure``)."""
+    ensure(quick, cache_dir)
     return checkpoint.load(checkpoint.default_path(name, quick, cache_dir))
+
+
+def ship(manifests: dict[str, dict], cache_dir: Path | str | None = None) -> Path:
+    """Copy the full defaults from the cache into the package with their manifest and digests (maintainers:
+    the files a fresh install serves with)."""
+    checkpoint.SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    shipped = {}
+    for name in DEFAULTS:
+        target = checkpoint.SHIPPED_DIR / f"{name}.pt"
+        shutil.copyfile(checkpoint.cache_path(name, False, cache_dir), target)
+        shipped[name] = {**manifests[name], "file": target.name, "bytes": target.stat().st_size,
+                         "sha256": checkpoint.file_digest(target)}
+    checkpoint.SHIPPED_MANIFEST.write_text(json.dumps(shipped, indent=2) + "\n")
+    return checkpoint.SHIPPED_DIR
+
+
+def _compare_with_shipped(manifests: dict[str, dict]) -> None:
+    """After a retrain: how close the reproduction came to the shipped defaults (digests differ across CPUs and
+    torch builds; clean accuracy should agree within a few tenths of a point)."""
+    try:
+        shipped = checkpoint.shipped_manifest()
+    except checkpoint.ModelFileError:
+        return
+    print(f"{'vs shipped':<12} {'shipped acc':>11} {'this acc':>9} {'same code':>9}")
+    for name, m in manifests.items():
+        if name in shipped:
+            print(f"{name:<12} {shipped[name]['clean_test_accuracy']:>11.4f} {m['clean_test_accuracy']:>9.4f} "
+                  f"{'yes' if shipped[name]['code_hash'] == m['code_hash'] else 'no':>9}")
 
 
 def cli(argv: list[str]) -> int:
@@ -260,7 +304,11 @@ def cli(argv: list[str]) -> int:
                                                                   "or ~/.cache/eclm_ros)")
     parser.add_argument("--force", action="store_true", help="retrain even when the cache is up to date")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--ship", action="store_true", help="maintainers: copy the full models into the package "
+                        "(eclm_ros/weights) with their manifest, as the defaults a fresh install serves with")
     args = parser.parse_args(argv)
+    if args.ship and args.quick:
+        parser.error("--ship ships the full models; drop --quick")
     if args.threads:
         torch.set_num_threads(args.threads)
     manifests = train_all(quick=args.quick, cache_dir=args.cache, force=args.force)
@@ -268,5 +316,13 @@ def cli(argv: list[str]) -> int:
     for name, m in manifests.items():
         print(f"{name:<12} {m['params']:>9} {m['macs']:>11} {m['clean_test_accuracy']:>9.4f} "
               f"{m.get('train_seconds', '-'):>8}")
-    print(f"written to {checkpoint.default_path('cloud', args.quick, args.cache).parent}")
+    where = checkpoint.cache_path("cloud", args.quick, args.cache).parent
+    print(f"written to {where}")
+    if not args.quick:
+        _compare_with_shipped(manifests)
+    if args.ship:
+        print(f"shipped to {ship(manifests, args.cache)}")
+    elif not args.quick:
+        print(f"the commands and nodes use the shipped defaults unless told otherwise: pass --cache "
+              f"{where.parent} (or set ECLM_ROS_CACHE={where.parent}, or a node's model_path)")
     return 0

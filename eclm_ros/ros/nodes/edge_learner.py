@@ -1,6 +1,7 @@
 """edge_learner: infer on any camera topic, upload the frames worth learning from, take cloud updates.
 
-Subscribes `image` (remap it to your camera) and `bandwidth`; publishes `predictions`; talks to the cloud
+Subscribes `image` (remap it to your camera) and `bandwidth`; publishes `predictions`, and the standard
+`classification` (vision_msgs/Classification, every class score) and `label_info` (latched); talks to the cloud
 through `<cloud_namespace>/samples`, `edge_status`, `learned_modules`, `updates/<edge_id>` and the
 `register_edge` service. Everything between those is the ROS-free ``EdgeAgent``. A managed node: configure
 loads and checks the model and keys, activate serves, deactivate stops serving and uploading and keeps the
@@ -19,6 +20,7 @@ from ..links import DdsEdgeLink, edge_id_for, updates_topic
 from ..params import EDGE_LEARNER, NodeParameters
 from ..ros_io import (RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS, Diagnostics, ImageError, core_logger, frame_from_msg,
                       run_node, update_from_msg)
+from ..vision import VisionOutputs
 
 RUNTIME_SETTINGS = ("upload_ratio", "upload_batch", "max_queued_batches", "max_update_bytes", "register_period_s",
                     "module_upload_frames", "chunk_timeout_s")
@@ -45,6 +47,7 @@ class EdgeLearner(ManagedNode):
                                cloud_key=cloud_key, private_key=private_key, log=core_logger(self, "edge"))
         self.prediction = Prediction()  # reused: publish() serialises it at once
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
+        self.vision = VisionOutputs(self, model.description.labels)
         self.diagnostics = Diagnostics(self, self.settings)
         self.get_logger().info(f"edge {config.edge_id}: {path} ({model.description.num_classes} classes, "
                                f"input {model.description.input_shape()})")
@@ -100,6 +103,7 @@ class EdgeLearner(ManagedNode):
         out.header, out.class_id, out.label, out.score = msg.header, pred.class_id, pred.label, pred.score
         out.entropy, out.model_version, out.selected = pred.entropy, pred.model_version, pred.selected
         self.pred_pub.publish(out)
+        self.vision.publish(msg.header, pred.probs)
 
     def on_update(self, msg: ModelUpdate) -> None:
         self.agent.on_update(update_from_msg(msg))
