@@ -13,12 +13,14 @@ SUBCOMMANDS = {
     "bench": ("eclm_ros.bench.run", "run every adaptation method on the same shifting stream, side by side"),
     "bench-edge": ("eclm_ros.bench.edge", "edge runtime speed, update latency and DDS transport figures"),
     "demo": ("eclm_ros.bench.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
+    "check-model": ("eclm_ros.bench.check_model", "what a model file gives a robot: input, labels, adaptable "
+                    "part, update size, speed, and what will not work"),
 }
 
 
 def usage() -> str:
     lines = ["usage: eclm-ros <command> [options]", "", "commands:"]
-    lines += [f"  {name:<11} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
+    lines += [f"  {name:<12} {help_}" for name, (_, help_) in SUBCOMMANDS.items()]
     return "\n".join(lines)
 
 

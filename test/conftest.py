@@ -56,3 +56,11 @@ def to_tensor():
     from eclm_ros.sim.data import fashion_mnist_description
 
     return Preprocessor(fashion_mnist_description()).tensor
+
+
+@pytest.fixture(scope="session")
+def user_models(tmp_path_factory):
+    """A robot integrator's own model files (test/user_models.py), built once per test session."""
+    from user_models import build
+
+    return build(tmp_path_factory.mktemp("user_models"))

@@ -658,3 +658,65 @@ def test_the_edge_speaks_vision_msgs_every_score_and_a_latched_label_list(system
         assert [h.class_id for h in c.results] == [str(i) for i in range(len(labels))]
         assert c.header.frame_id == "camera" and abs(scores.sum() - 1) < 1e-3
         assert int(np.argmax(scores)) == p.class_id and scores[p.class_id] == pytest.approx(p.score, abs=1e-4)
+
+
+def test_a_users_onnx_model_serves_over_dds_with_its_labels_and_takes_the_clouds_distilled_updates(system,
+                                                                                                 user_models):
+    """A robot integrator's own 32x32 colour classifier of 4 shapes on the edge, a wider model of theirs as the
+    cloud's teacher: the edge publishes vision_msgs with the user's labels, the cloud says it distils only, and
+    its signed affine updates reach the edge (model versions rise, none refused)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from user_models import LABELS, MEAN, STD, shapes
+    from vision_msgs.msg import Classification, LabelInfo
+
+    from eclm_ros.msg import Prediction
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS
+    from eclm_ros.ros.vision import LABEL_QOS
+
+    labels = str(user_models["labels"])
+    system.params["edge_learner"].update(model_path=str(user_models["edge_onnx"]), labels_path=labels,
+                                         input_mean=list(MEAN), input_std=list(STD))
+    system.params["cloud_coordinator"].update(model_path=str(user_models["teacher_onnx"]),
+                                              edge_model_path=str(user_models["edge_onnx"]), labels_path=labels)
+    listener = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
+                         "/robot1/classification": (Classification, RELIABLE_QOS),
+                         "/diagnostics": (DiagnosticArray, 50)})
+    images = listener.publisher(Image, "/robot1/image", SENSOR_QOS)
+    frames = (shapes(400, 9)[0].astype(np.float32) * 0.35 + 20).astype(np.uint8)  # night
+    sent = [0]
+
+    def feed() -> bool:
+        for _ in range(5):
+            img = frames[sent[0] % len(frames)]
+            sent[0] += 1
+            images.publish(Image(height=32, width=32, encoding="rgb8", step=96, data=img.tobytes()))
+            time.sleep(0.02)
+        return True
+
+    late: list = []
+    try:
+        system.start("cloud_coordinator", "/eclm")
+        system.start("edge_learner", "/robot1")
+        preds = listener.received["/robot1/predictions"]
+        wait_for(lambda: feed() and preds and preds[-1].model_version >= 3, 120,
+                 "model version >= 3 (registered with the file's weights, then distilled updates)")
+        listener.node.create_subscription(LabelInfo, "/robot1/label_info", late.append, LABEL_QOS)
+        wait_for(lambda: feed() and late, 20, "the user's labels on label_info")
+        cloud = diagnostic_values(listener.received["/diagnostics"], "cloud_coordinator", "edges")
+        edge = _edge_values(listener)
+    finally:
+        listener.close()
+    assert [c.class_name for c in late[0].class_map] == list(LABELS)
+    assert {p.label for p in preds} <= set(LABELS) and len({p.label for p in preds}) >= 2
+    assert all(len(c.results) == 4 for c in listener.received["/robot1/classification"])
+    assert cloud.get("strategy", "").startswith("distillation only"), cloud
+    assert int(edge.get("rejected_updates", 1)) == 0, system.logs()
+
+
+def test_an_edge_given_a_model_with_folded_normalisation_exits_saying_how_to_export_it(system, user_models):
+    system.params["edge_learner"]["model_path"] = str(user_models["folded_onnx"])
+    proc = system.start("edge_learner", "/robot1")
+    code = proc.proc.wait(timeout=30)
+    assert code == 2 and "do_constant_folding=False" in proc.output() and "allow_unadaptable" in proc.output(), \
+        proc.output()

@@ -337,7 +337,8 @@ class Coordinator:
         c, w = self.counters, self.events.counts()
         refused = sum(n for k, n in w.items() if k.startswith("refused/"))
         edges = Health("edges", OK, f"{len(self.versions)} edges",
-                       {f"version/{e}": v for e, v in sorted(self.versions.items())})
+                       {"strategy": self.strategy.summary,
+                        **{f"version/{e}": v for e, v in sorted(self.versions.items())}})
         uploads = Health("uploads", WARN if refused or w["dropped_batches"] else OK,
                          f"{refused} refused, {w['dropped_batches']} dropped in 10 s: {self.last_reject}"
                          if refused or w["dropped_batches"] else f"{c['frames']} frames learned from",

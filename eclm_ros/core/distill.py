@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from typing import Callable
 
@@ -73,14 +73,17 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
                  to_tensor: Callable[[np.ndarray], torch.Tensor], config: DistillConfig = DistillConfig(),
-                 seed: int = 0) -> None:
+                 seed: int = 0, teacher_input: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
         self.cfg = config
         self.to_tensor = to_tensor
+        self.teacher_input = teacher_input or to_tensor  # a teacher with its own input size and normalisation
         self.teacher = configure_model(teacher)
+        if not collect_params(self.teacher):  # a teacher without normalisation layers teaches as it is
+            self.cfg = replace(config, adapt_teacher=False)
         self.student = configure_model(student)
         self.e_max = config.e_max_factor * math.log(num_classes)
-        self.opt_teacher = torch.optim.SGD(collect_params(self.teacher), lr=config.teacher_lr,
-                                           momentum=config.momentum)
+        self.opt_teacher = torch.optim.SGD(collect_params(self.teacher) or [torch.zeros(1, requires_grad=True)],
+                                           lr=config.teacher_lr, momentum=config.momentum)
         self.opt_student = torch.optim.SGD(collect_params(self.student), lr=config.student_lr,
                                            momentum=config.momentum)
         self.pending: deque[np.ndarray] = deque(maxlen=config.queue)
@@ -116,7 +119,7 @@ class Distiller:
         if images is None or len(images) < 2:
             return None
         x = self.to_tensor(images)
-        t_logits = self.teacher(x)
+        t_logits = self.teacher(x if self.teacher_input is self.to_tensor else self.teacher_input(images))
         if self.cfg.adapt_teacher:
             ent = softmax_entropy(t_logits)
             loss = (ent * confidence_weights(ent, self.e_max)).mean()

@@ -91,6 +91,8 @@ def state_vectors(model: nn.Module, layout: Layout) -> tuple[np.ndarray, np.ndar
     mods = dict(model.named_modules())
     state = [t for n in layout.norm_names for t in (mods[n].running_mean, mods[n].running_var)]
     affine = [t for n in layout.norm_names for t in (mods[n].weight, mods[n].bias)]
+    if not state:  # nothing to adapt
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
     return (torch.cat(state).detach().float().numpy().copy(), torch.cat(affine).detach().float().numpy().copy())
 
 
@@ -147,8 +149,19 @@ def _torch_export(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelP
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer notes
         torch.onnx.export(_Probs(model), (torch.zeros(input_shape),), buf, input_names=["x"],
                           output_names=["probs"], dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}}, dynamo=False,
-                          opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False)
-    return onnx.load_from_string(buf.getvalue())
+                          opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
+                          keep_initializers_as_inputs=True)  # no deduplication: equal BatchNorm weights stay apart
+    proto = onnx.load_from_string(buf.getvalue())
+    drop_initializer_inputs(proto)
+    return proto
+
+
+def drop_initializer_inputs(proto: onnx.ModelProto) -> None:
+    """Initializers listed as graph inputs become constants again (ONNX Runtime pre-packs constants)."""
+    held = {init.name for init in proto.graph.initializer}
+    kept = [i for i in proto.graph.input if i.name not in held]
+    del proto.graph.input[:]
+    proto.graph.input.extend(kept)
 
 
 def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, ...] | None = None) -> AdaptiveGraph:
@@ -172,7 +185,7 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
     stats = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("mean", "var")]
     affine = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("weight", "bias")]
     nodes = [helper.make_node("Split", ["bn_state", "bn_split"], stats, axis=0),
-             helper.make_node("Split", ["affine", "bn_split"], affine, axis=0)]
+             helper.make_node("Split", ["affine", "bn_split"], affine, axis=0)] if layout.sizes else []
     replaced: set[str] = set()
     seen: set[int] = set()
     for node in graph.node:
@@ -205,7 +218,10 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
     if len(seen) != len(layout.sizes):
         raise ExportError(f"{len(layout.sizes)} BatchNorm layers, {len(seen)} in the exported graph "
                           "(a layer that is not run, or one the exporter fused)")
-    nodes.append(helper.make_node("Concat", [f"{s}_out" for s in stats], ["bn_state_out"], axis=0))
+    if layout.sizes:
+        nodes.append(helper.make_node("Concat", [f"{s}_out" for s in stats], ["bn_state_out"], axis=0))
+    else:  # a model with nothing to adapt (served as it is): the state vectors are empty
+        nodes.append(helper.make_node("Identity", ["bn_state"], ["bn_state_out"]))
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [init for init in graph.initializer if init.name not in replaced]
@@ -223,8 +239,8 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
     held = {init.name for init in graph.initializer}
     norm_params = {f"{n}.{p}" for n in layout.norm_names
                    for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
-    weights = tuple(k for k in model.state_dict() if k not in norm_params)
-    missing = [k for k in weights if _PREFIX + k not in held]
-    if missing:
+    weights = tuple(k for k in model.state_dict() if k not in norm_params and _PREFIX + k in held)
+    missing = [k for k, _ in model.named_parameters() if k not in norm_params and _PREFIX + k not in held]
+    if missing:  # a buffer may become a constant (an imported graph's shapes); a parameter must stay patchable
         raise ExportError(f"weights the exporter renamed or folded: {missing[:4]}")
     return AdaptiveGraph(proto, layout, weights)

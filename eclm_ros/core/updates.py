@@ -6,6 +6,8 @@ cloud's public key, carries a valid signature over every field that decides what
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from .compose import assemble
@@ -76,8 +78,8 @@ def apply_update(runtime, kind: int, spec_json: str, serving_spec: str, bundle: 
         if spec_json != serving_spec:
             raise UpdateRejected("affine update for another sub-model structure", "structure")
         runtime.apply_affine(unpack(bundle, max_bytes=max_bytes, templates=runtime.affine_templates()))
-    elif kind == KIND_FULL:
-        model = model_from_spec(spec_json)
+    elif kind == KIND_FULL:  # a user's own model (no structure on the wire) takes new weights for itself
+        model = copy.deepcopy(runtime.model) if not spec_json and not serving_spec else model_from_spec(spec_json)
         return swap(model, unpack(bundle, max_bytes=max_bytes,
                                   templates={k: tuple(v.shape) for k, v in model.state_dict().items()}))
     elif kind == KIND_MODULES:

@@ -32,6 +32,11 @@ class Param:
         if isinstance(self.default, bool) != isinstance(value, bool) or (
                 isinstance(self.default, str) and not isinstance(value, str)):
             return f"expects a {type(self.default).__name__}"
+        if isinstance(self.default, list):
+            if not isinstance(value, (list, tuple)) or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+                return "expects a list of finite numbers"
+            return None
         if self.choices and value not in self.choices:
             return f"must be one of {', '.join(self.choices)}"
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -63,8 +68,17 @@ AUTOSTART = Param("autostart", True, "configure and activate at start-up; false:
 EDGE_LEARNER = (
     Param("edge_id", "", "this edge's id on the edge-cloud link ('' = the node's namespace, e.g. robot1)",
           read_only=True),
-    Param("model_path", "", "edge model checkpoint ('' = the trained default shipped with the package, or "
-          "$ECLM_ROS_CACHE's when that is set)", read_only=True),
+    Param("model_path", "", "edge model: an eclm_ros checkpoint, or your own ONNX (.onnx) or TorchScript file "
+          "('' = the trained default shipped with the package, or $ECLM_ROS_CACHE's when that is set)", read_only=True),
+    Param("labels_path", "", "your model's labels, one per line ('' = from the model's metadata, else class "
+          "indices)", read_only=True),
+    Param("input_mean", [], "your model's per-channel input mean on the 0..1 pixel scale ([] = from its "
+          "metadata, else 0)", read_only=True),
+    Param("input_std", [], "your model's per-channel input std ([] = from its metadata, else 1)", read_only=True),
+    Param("input_shape", [], "[channels, height, width] of a TorchScript model ([] = from its metadata; ONNX "
+          "files say it themselves)", read_only=True),
+    Param("allow_unadaptable", False, "serve a model without normalisation layers (nothing adapts; no cloud "
+          "update applies)", read_only=True),
     Param("upload_ratio", 0.2, "share of frames the edge may upload", 0.0, 1.0),
     Param("upload_batch", 16, "frames per SampleBatch", 1, 1024),
     Param("max_queued_batches", 32, "uploads kept while the cloud is unreachable (oldest dropped first)", 1, 100_000),
@@ -101,8 +115,13 @@ EDGE_LEARNER = (
 )
 
 CLOUD_COORDINATOR = (
-    Param("model_path", "", "modular cloud model checkpoint ('' = the trained default shipped with the "
-          "package, or $ECLM_ROS_CACHE's when that is set)", read_only=True),
+    Param("model_path", "", "the teacher: the modular cloud model checkpoint ('' = the trained default shipped with "
+          "the package, or $ECLM_ROS_CACHE's when that is set), or any classifier file over the edges' labels "
+          "(ONNX / TorchScript; distillation only)", read_only=True),
+    Param("edge_model_path", "", "the edges' own model to distil into (the file they serve, ONNX / TorchScript / "
+          "checkpoint; '' = sub-models of the modular cloud model, composed per edge budget)", read_only=True),
+    Param("labels_path", "", "labels of imported models that carry none in their metadata, one per line",
+          read_only=True),
     Param("state_dir", "", "where per-edge state is saved and restored ('' = not persisted)", read_only=True),
     Param("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = unsigned)", read_only=True),
     Param("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem); when set, only uploads "
@@ -191,8 +210,12 @@ class NodeParameters:
                                                                           to_value=float(p.high), step=0.0)]
                 elif isinstance(p.default, int):
                     descriptor.integer_range = [IntegerRange(from_value=int(p.low), to_value=int(p.high), step=1)]
+            if isinstance(p.default, list) and not p.default:
+                descriptor.dynamic_typing = True  # an empty list has no type of its own
             node.declare_parameter(p.name, p.default, descriptor)
             value = node.get_parameter(p.name).value
+            if isinstance(p.default, list) and value is None:  # `[]` in a parameter file reads as "not set"
+                value = []
             why = p.problem(value)
             if why is not None:
                 raise ValueError(f"parameter {p.name}={value!r} refused: {why}")

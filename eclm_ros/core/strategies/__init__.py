@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..checkpoint import Checkpoint
+from ..models import ModularNet
 from .base import Cause, MergeDecision, ModulesRefused, Strategy, Update
 from .compose import Compose
 from .compose_merge import ComposeMerge
@@ -14,7 +15,15 @@ __all__ = ["STRATEGIES", "Cause", "Compose", "ComposeMerge", "Distil", "MergeDec
            "Strategy", "Update", "default_budget", "make_strategy"]
 
 
-def make_strategy(name: str, cloud: Checkpoint, **kwargs) -> Strategy:
+def make_strategy(name: str, cloud: Checkpoint, student: Checkpoint | None = None, **kwargs) -> Strategy:
+    """The named strategy over the modular cloud model; with a user's edge model (``student``) or a teacher
+    that is not modular, CEMA distillation into that model (the one strategy that applies), saying so in its
+    ``summary``."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
-    return STRATEGIES[name](cloud, **kwargs)
+    if student is None and isinstance(cloud.model, ModularNet):
+        return STRATEGIES[name](cloud, **kwargs)
+    strategy = Distil(cloud, student=student, **kwargs)
+    if name != "distil":
+        strategy.summary += f" ({name!r} needs the modular cloud model as teacher and edge model)"
+    return strategy

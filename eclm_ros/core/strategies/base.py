@@ -60,6 +60,8 @@ class ModulesRefused(ValueError):
 class Strategy(ABC):
     """What the coordinator may ask of a strategy; nothing else of it is read from outside."""
 
+    summary: str = ""  # what it does with these models, for the start-up log and /diagnostics
+
     @abstractmethod
     def register(self, edge_id: str, profile: Profile) -> Update:
         """A new (or returning) edge: its model, sent in full."""

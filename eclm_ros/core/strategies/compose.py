@@ -18,6 +18,8 @@ class Compose(Distil):
     """Every ``compose_every`` uploaded frames the edge's sub-model is re-composed for the environment its
     recent uploads show; trainable edges' modules are integrated with weight ``integrate_weight``."""
 
+    SUMMARY = Distil.SUMMARY + "; ECLM re-composition when the environment changes; trainable edges' modules integrated"
+
     def __init__(self, *args, compose_every: int = 384, integrate_weight: float = 0.5, compose_margin: float = 0.02,
                  **kwargs) -> None:
         super().__init__(*args, **kwargs)

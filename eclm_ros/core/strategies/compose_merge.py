@@ -19,6 +19,8 @@ class ComposeMerge(Compose):
     """A merge round (``aggregate``) across edges serving the same structure; labels of the held-out frames come
     from each edge's adapted teacher."""
 
+    SUMMARY = Compose.SUMMARY + "; gated ECAvg merges across edges"
+
     def __init__(self, *args, min_gain: float = 0.0, min_holdout: int = 32, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.min_gain, self.min_holdout = min_gain, min_holdout

@@ -39,7 +39,7 @@ class EdgeSession:
 
     profile: Profile  # the budget the sub-model was derived for (an operator's re-assembly may change it)
     registered: Profile  # what the edge itself reports when it registers (its heartbeat)
-    spec: SubModelSpec
+    spec: SubModelSpec | None  # None: the user's own edge model (not a sub-model)
     spec_json: str
     distiller: Distiller
     served: dict[str, torch.Tensor]  # the full state the edge was given (with its BatchNorm statistics)
@@ -54,18 +54,37 @@ class EdgeSession:
 
 
 class Distil(Strategy):
-    """CEMA on the sub-model each edge's budget affords."""
+    """CEMA on the sub-model each edge's budget affords, or, given ``student`` (a user's edge model, any
+    classifier with normalisation layers), on that model for every edge with ``cloud`` as the teacher (any
+    classifier over the same labels, with its own input description): composition needs the modular model."""
+
+    SUMMARY = "CEMA: distillation into the sub-model of the modular cloud model each edge's budget affords"
 
     def __init__(self, cloud: Checkpoint, config: DistillConfig = DistillConfig(), min_step_frames: int = 16,
-                 holdout_every: int = 8, seed: int = 0, budget_fraction: float = DEFAULT_BUDGET_FRACTION) -> None:
-        if not isinstance(cloud.model, ModularNet):
-            raise ValueError(f"the cloud model must be modular (modular_net), got {type(cloud.model).__name__}")
-        if cloud.calibration is None:
-            raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
-        self.cloud: ModularNet = cloud.model
-        self.description = cloud.description
-        self.preprocess = Preprocessor(cloud.description)
-        self.calibration = self.preprocess.tensor(cloud.calibration)
+                 holdout_every: int = 8, seed: int = 0, budget_fraction: float = DEFAULT_BUDGET_FRACTION,
+                 student: Checkpoint | None = None) -> None:
+        if student is None:
+            if not isinstance(cloud.model, ModularNet):
+                raise ValueError(f"the cloud model must be modular (modular_net) unless an edge model is given, got "
+                                 f"{type(cloud.model).__name__}")
+            if cloud.calibration is None:
+                raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
+            self.calibration = Preprocessor(cloud.description).tensor(cloud.calibration)
+            self.summary = self.SUMMARY
+        elif cloud.description.labels != student.description.labels:
+            raise ValueError(f"the teacher's labels {list(cloud.description.labels)[:5]}... differ from the edge "
+                             f"model's {list(student.description.labels)[:5]}...: both must score the same classes "
+                             f"in the same order (give both the same labels file)")
+        else:
+            self.summary = ("distillation only (CEMA): the edge model is the user's, so sub-models are not composed "
+                            "and modules not merged")
+        self.cloud = cloud.model
+        self.student = student
+        self.description = (student or cloud).description  # what edges serve and upload views of
+        self.preprocess = Preprocessor(self.description)
+        teacher_view = Preprocessor(cloud.description)
+        self.teacher_input = self.preprocess.tensor if student is None else (
+            lambda views: teacher_view.tensor(np.stack([teacher_view.view(v) for v in views])))
         self.config, self.min_step_frames, self.holdout_every, self.seed = config, min_step_frames, holdout_every, seed
         self.budget_fraction = budget_fraction
         self.sessions: dict[str, EdgeSession] = {}
@@ -75,12 +94,15 @@ class Distil(Strategy):
             return Budget(profile.max_params, profile.max_macs, profile.max_latency_ms)
         return default_budget(self.cloud, self.budget_fraction)
 
-    def _new_session(self, profile: Profile, registered: Profile, spec: SubModelSpec) -> EdgeSession:
-        student = calibrated_submodel(self.cloud, spec, self.calibration)
+    def _new_session(self, profile: Profile, registered: Profile, spec: SubModelSpec | None) -> EdgeSession:
+        if self.student is None:
+            student, structure = calibrated_submodel(self.cloud, spec, self.calibration), spec_json(self.cloud, spec)
+        else:
+            student, structure = copy.deepcopy(self.student.model), ""
         served = {k: v.clone() for k, v in student.state_dict().items()}
         distiller = Distiller(copy.deepcopy(self.cloud), student, self.description.num_classes, self.preprocess.tensor,
-                              self.config, seed=self.seed)
-        return EdgeSession(profile, registered, spec, spec_json(self.cloud, spec), distiller, served)
+                              self.config, seed=self.seed, teacher_input=self.teacher_input)
+        return EdgeSession(profile, registered, spec, structure, distiller, served)
 
     def _session(self, edge_id: str) -> EdgeSession:
         session = self.sessions.get(edge_id)
@@ -101,12 +123,15 @@ class Distil(Strategy):
         session = self.sessions.get(edge_id)
         if session is not None and session.registered == profile:  # re-assembled or not, the same edge
             return Update(KIND_FULL, session.current_full(), session.spec_json, Cause.RESYNC)
-        spec = derive_spec(self.cloud, self.budget(profile))  # BudgetError when nothing fits
+        spec = None if self.student else derive_spec(self.cloud, self.budget(profile))  # BudgetError: nothing fits
         self.sessions[edge_id] = session = self._new_session(profile, profile, spec)
         return Update(KIND_FULL, session.current_full(), session.spec_json, Cause.REGISTERED)
 
     def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
         session = self._session(edge_id)
+        if self.student is not None:
+            return Update(KIND_FULL, session.current_full(), "", Cause.UNCHANGED,
+                          "the user's edge model is not composed")
         recent = self.preprocess.tensor(np.stack(session.recent)) if len(session.recent) > 1 else None
         spec = compose(session.distiller.teacher, self.budget(profile), recent)
         if profile == session.profile and spec == session.spec:
@@ -138,14 +163,14 @@ class Distil(Strategy):
 
     def state_dict(self) -> dict:
         return {edge: {"profile": asdict(s.profile), "registered": asdict(s.registered),
-                       "spec": [list(x) for x in s.spec.stages], "served": s.served,
+                       "spec": s.spec and [list(x) for x in s.spec.stages], "served": s.served,
                        "teacher": s.distiller.teacher.state_dict(), "student": s.distiller.student.state_dict(),
                        "frames": s.frames}
                 for edge, s in self.sessions.items()}
 
     def load_state_dict(self, state: dict) -> None:
         for edge, s in state.items():
-            spec = SubModelSpec(tuple(tuple(x) for x in s["spec"]))
+            spec = SubModelSpec(tuple(tuple(x) for x in s["spec"])) if s["spec"] is not None else None
             session = self._new_session(Profile(**s["profile"]), Profile(**s["registered"]), spec)
             session.served = s["served"]
             session.distiller.teacher.load_state_dict(s["teacher"])

@@ -13,6 +13,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from ...core import checkpoint
 from ...core.coordinator import Coordinator, CoordinatorConfig
 from ...core.messages import Registration
+from ...core.model_import import InputSpec, load_model
 from ...core.signing import EdgeKeys, load_private_key
 from ...core.strategies import make_strategy
 from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
@@ -39,16 +40,19 @@ class CloudCoordinator(ManagedNode):
     def configure(self) -> None:
         p = self.params
         path = p["model_path"] or checkpoint.default_path("cloud")
-        cloud = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
+        fix = "run 'eclm-ros train' (or set model_path to a trained checkpoint)"
+        cloud = load_model(path, InputSpec(p["labels_path"]), fix=fix)
+        student = load_model(p["edge_model_path"], InputSpec(p["labels_path"])) if p["edge_model_path"] else None
         private_key = load_private_key(p["private_key"]) if p["private_key"] else None
         edge_keys = EdgeKeys(p["edge_keys_dir"]) if p["edge_keys_dir"] else None
         self.coordinator = Coordinator(
-            make_strategy(p["strategy"], cloud), DdsCloudLink(self, ""),
+            make_strategy(p["strategy"], cloud, student), DdsCloudLink(self, ""),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
             private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
             log=core_logger(self, "cloud"))
         self.diagnostics = Diagnostics(self, self.settings)
-        self.get_logger().info(f"cloud coordinator: {p['strategy']} on {path}, "
+        self.get_logger().info(f"cloud coordinator: {self.coordinator.strategy.summary}; teacher {path}"
+                               f"{', edge model ' + p['edge_model_path'] if student else ''}, "
                                f"{len(self.coordinator.versions)} edges restored")
 
     def activate(self) -> None:

@@ -13,6 +13,7 @@ from ...core import checkpoint
 from ...core.edge_agent import EdgeAgent, EdgeConfig
 from ...core.edge_runtime import make_runtime
 from ...core.messages import Profile
+from ...core.model_import import InputSpec, describe_input, load_model
 from ...core.signing import load_private_key, load_public_key
 from ...msg import BandwidthEstimate, ModelUpdate, Prediction
 from ..lifecycle import ManagedNode
@@ -36,7 +37,12 @@ class EdgeLearner(ManagedNode):
     def configure(self) -> None:
         p = self.params
         path = p["model_path"] or checkpoint.default_path("edge")
-        model = checkpoint.load(path, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
+        if p["input_shape"] and len(p["input_shape"]) != 3:
+            raise ValueError(f"input_shape {p['input_shape']} refused: give [channels, height, width]")
+        spec = InputSpec(p["labels_path"], tuple(p["input_mean"]), tuple(p["input_std"]),
+                         tuple(p["input_shape"][1:]), int(p["input_shape"][0]) if p["input_shape"] else 0,
+                         p["allow_unadaptable"])
+        model = load_model(path, spec, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
         config = EdgeConfig(edge_id=edge_id_for(self, p["edge_id"]), profile=self._profile(p.values),
                             local_batch=p["local_batch"], **{k: p[k] for k in RUNTIME_SETTINGS})
         cloud_key = load_public_key(p["cloud_public_key"]) if p["cloud_public_key"] else None
@@ -49,8 +55,8 @@ class EdgeLearner(ManagedNode):
         self.pred_pub = self.create_publisher(Prediction, "predictions", RELIABLE_QOS)
         self.vision = VisionOutputs(self, model.description.labels)
         self.diagnostics = Diagnostics(self, self.settings)
-        self.get_logger().info(f"edge {config.edge_id}: {path} ({model.description.num_classes} classes, "
-                               f"input {model.description.input_shape()})")
+        self.get_logger().info(f"edge {config.edge_id}: {path} ({model.description.num_classes} classes, input "
+                               f"{describe_input(model.description)})")
 
     def activate(self) -> None:
         p, agent = self.params, self.agent
