@@ -720,3 +720,86 @@ def test_an_edge_given_a_model_with_folded_normalisation_exits_saying_how_to_exp
     code = proc.proc.wait(timeout=30)
     assert code == 2 and "do_constant_folding=False" in proc.output() and "allow_unadaptable" in proc.output(), \
         proc.output()
+
+
+def _write_bag(path: Path, frames: np.ndarray, image_topic: bool = True) -> Path:
+    """A rosbag2 (mcap) as `ros2 bag record` would leave it: rgb8 frames at 30 Hz on /camera/image_raw, their
+    PNG CompressedImage on /camera/image_raw/compressed, and a string topic."""
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    store = get_typestore(Stores.ROS2_HUMBLE)
+    T = store.types
+    with Writer(path, version=8, storage_plugin=StoragePlugin.MCAP) as writer:
+        chatter = writer.add_connection("/chatter", "std_msgs/msg/String", typestore=store)
+        if image_topic:
+            raw = writer.add_connection("/camera/image_raw", "sensor_msgs/msg/Image", typestore=store)
+            packed = writer.add_connection("/camera/image_raw/compressed", "sensor_msgs/msg/CompressedImage",
+                                           typestore=store)
+        for i, img in enumerate(frames):
+            t = 1_700_000_000 * 10 ** 9 + i * 33_333_333
+            header = T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t // 10 ** 9,
+                                                                                   nanosec=t % 10 ** 9),
+                                              frame_id="camera")
+            writer.write(chatter, t, store.serialize_cdr(T["std_msgs/msg/String"](data=f"frame {i}"),
+                                                         "std_msgs/msg/String"))
+            if not image_topic:
+                continue
+            msg = T["sensor_msgs/msg/Image"](header=header, height=img.shape[0], width=img.shape[1], encoding="rgb8",
+                                             is_bigendian=0, step=img.shape[1] * 3, data=img.reshape(-1).copy())
+            writer.write(raw, t, store.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+            png = np.frombuffer(__import__("cv2").imencode(".png", img[:, :, ::-1])[1].tobytes(), np.uint8)
+            comp = T["sensor_msgs/msg/CompressedImage"](header=header, format="png", data=png.copy())
+            writer.write(packed, t, store.serialize_cdr(comp, "sensor_msgs/msg/CompressedImage"))
+    return path
+
+
+@pytest.mark.parametrize("topic", ["/camera/image_raw", "/camera/image_raw/compressed"])
+def test_a_recorded_bag_replays_as_the_camera_of_an_edge_serving_a_users_model(system, user_models, tmp_path, topic):
+    """A bag written with rosbags (mcap; raw and compressed image topics) is the camera: every frame reaches the
+    edge as recorded (pixels and recorded stamps, with /clock), and the user's model labels it."""
+    from rosgraph_msgs.msg import Clock
+    from sensor_msgs.msg import Image
+    from user_models import LABELS, MEAN, STD, shapes
+
+    from eclm_ros.msg import Prediction
+    from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS
+
+    frames = shapes(60, 4)[0]
+    bag = _write_bag(tmp_path / "drive", frames)
+    system.params["camera_stream"] = {"source": "bag", "path": str(bag), "bag_topic": topic, "bag_timing": True,
+                                      "publish_clock": True, "size": [32, 32], "encoding": "rgb8"}
+    system.params["edge_learner"].update(model_path=str(user_models["edge_onnx"]),
+                                         labels_path=str(user_models["labels"]), input_mean=list(MEAN),
+                                         input_std=list(STD))
+    listener = Recorder({"/robot1/image": (Image, SENSOR_QOS), "/robot1/predictions": (Prediction, RELIABLE_QOS),
+                         "/clock": (Clock, 10)})
+    try:
+        system.start("edge_learner", "/robot1")
+        wait_for(lambda: len(listener.node.get_publishers_info_by_topic("/robot1/predictions")) > 0, 60,
+                 "the edge learner up")
+        time.sleep(3.0)  # discovery between the listener and the edge settles before the camera starts
+        system.start("camera_stream", "/robot1")
+        # the first frames may leave before the camera's publisher is matched (best effort, as `ros2 bag play`)
+        wait_for(lambda: len(listener.received["/robot1/image"]) >= 40, 60, "the bag's frames on /robot1/image")
+        wait_for(lambda: len(listener.received["/robot1/predictions"]) >= 30, 20, "predictions of the bag's frames")
+    finally:
+        listener.close()
+    images = listener.received["/robot1/image"]
+    t0 = 1_700_000_000
+    index = {(m.header.stamp.sec - t0) * 10 ** 9 + m.header.stamp.nanosec: m for m in images}
+    for k, msg in index.items():
+        i = round(k / 33_333_333)
+        got = np.frombuffer(bytes(msg.data), np.uint8).reshape(32, 32, 3)
+        assert np.array_equal(got, frames[i]), f"frame {i} changed on the way"
+    assert len(listener.received["/clock"]) >= 40
+    assert {p.label for p in listener.received["/robot1/predictions"]} <= set(LABELS)
+
+
+def test_a_bag_without_an_image_topic_is_refused_naming_its_topics(system, tmp_path):
+    bag = _write_bag(tmp_path / "talk", np.zeros((3, 8, 8, 3), np.uint8), image_topic=False)
+    system.params["camera_stream"] = {"source": "bag", "path": str(bag)}
+    proc = system.start("camera_stream", "/robot1")
+    code = proc.proc.wait(timeout=30)
+    assert code == 2 and "no sensor_msgs/Image or CompressedImage topic" in proc.output() and "/chatter" in \
+        proc.output(), proc.output()

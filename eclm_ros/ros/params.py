@@ -153,8 +153,8 @@ BANDWIDTH_MONITOR = (
 )
 
 CAMERA_STREAM = (
-    Param("source", "world", "world (Fashion-MNIST + schedule), folder, or video", choices=("world", "folder", "video"),
-          read_only=True),
+    Param("source", "world", "world (Fashion-MNIST + schedule), folder, video, or bag (a rosbag2 .mcap / .db3 "
+          "replayed as the camera)", choices=("world", "folder", "video", "bag"), read_only=True),
     Param("schedule", "clean:300,fog@3:600,contrast@3:600,gaussian_noise@3:600,motion_blur@3:600*",
           "environment schedule: name[@severity]:frames[/transition], comma-separated, '*' repeats; name 'mixed' "
           "draws each frame's corruption at random", read_only=True),
@@ -164,7 +164,13 @@ CAMERA_STREAM = (
     Param("rate_hz", 30.0, "frames per second", 0.0, 1000.0, low_open=True),
     Param("size", [28, 28], "published frame [width, height] in pixels", read_only=True),
     Param("encoding", "mono8", "Image encoding", choices=("mono8", "rgb8", "bgr8")),
-    Param("path", "", "image folder, video file or webcam index for source folder / video", read_only=True),
+    Param("path", "", "image folder, video file or webcam index, or bag (directory or file) for source folder / "
+          "video / bag", read_only=True),
+    Param("bag_topic", "", "the bag's image topic (sensor_msgs/Image or CompressedImage; '' = its first)",
+          read_only=True),
+    Param("bag_timing", False, "replay a bag at its recorded pace (false: at rate_hz)", read_only=True),
+    Param("publish_clock", False, "publish /clock from the bag's recording times and keep the recorded header "
+          "stamps (for nodes with use_sim_time)", read_only=True),
     Param("frame_id", "camera", "frame_id of the published images"),
     Param("max_frames", 0, "stop after this many frames (0 = never)", 0, BIG),
 )

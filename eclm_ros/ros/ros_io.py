@@ -113,7 +113,7 @@ def frame_from_msg(msg: Image | CompressedImage) -> tuple[np.ndarray, str]:
     """A uint8 HxW or HxWx3 frame from a raw or compressed camera message, and its channel order ("rgb" or
     "bgr"). Zero-copy for mono8/rgb8/bgr8; alpha is dropped, 16-bit scaled to 8-bit, YUV 4:2:2 converted to RGB,
     jpeg/png decoded. Raises ImageError (a ValueError) with the reason for a frame that cannot be one."""
-    if isinstance(msg, CompressedImage):
+    if isinstance(msg, CompressedImage) or hasattr(msg, "format"):  # also a bag's (rosbags) CompressedImage
         return _decode_compressed(msg)
     return _decode_image(msg)
 

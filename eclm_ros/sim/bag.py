@@ -26,12 +26,12 @@ class BagSource:
             self.reader.open()
         except Exception as exc:  # rosbags raises its own ReaderError, and OSError, for unreadable bags
             raise DataNotFoundError(f"{self.path} is not a readable rosbag2 ({type(exc).__name__}: {exc})") from exc
-        images = {c.topic: c for c in self.reader.connections if c.msgtype in IMAGE_TYPES}
+        images = {c.topic: c for c in self.reader.connections if c.msgtype in IMAGE_TYPES and c.msgcount}
         if not images:
-            found = sorted(f"{c.topic} ({c.msgtype})" for c in self.reader.connections) or ["none"]
+            found = sorted(f"{c.topic} ({c.msgtype}, {c.msgcount})" for c in self.reader.connections) or ["none"]
             self.reader.close()
-            raise DataNotFoundError(f"{self.path} has no sensor_msgs/Image or CompressedImage topic (topics: "
-                                    f"{', '.join(found)}): record the camera's topic")
+            raise DataNotFoundError(f"{self.path} has no sensor_msgs/Image or CompressedImage topic with messages "
+                                    f"(topics: {', '.join(found)}): record the camera's topic")
         if topic and topic not in images:
             self.reader.close()
             raise DataNotFoundError(f"{self.path} has no image topic {topic!r}; its image topics: "
