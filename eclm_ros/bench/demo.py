@@ -81,8 +81,9 @@ def _on_same_frames(methods: list[str], frames: list[int], schedule: str, seed: 
     stream = WorldStream(x, y, parse_schedule(schedule), seed, world)
     batches = list(stream.batches(64, stop=max(frames) + 1))
     wanted, out = set(frames), {}
+    context = BenchContext(quick, seed, Path(cache) if cache else None)  # loads the models once; hands out copies
     for name in methods:
-        ev = run_method(METHODS[name](BenchContext(quick, seed, Path(cache) if cache else None)), batches)["_evaluator"]
+        ev = run_method(METHODS[name](context), batches)["_evaluator"]
         out[name] = Evaluator({i: p for i, p in ev.predictions.items() if i in wanted},
                               {i: t for i, t in ev.truths.items() if i in wanted})
     return out

@@ -39,7 +39,6 @@ class CameraStream(Node):
             self.bag = BagSource(p["path"], p["bag_topic"])
             self.video = iter(self.bag)
             self.clock_pub = self.create_publisher(Clock, "/clock", 10) if p["publish_clock"] else None
-            self.skipped = 0
             self.get_logger().info(f"replaying {self.bag.count} messages of {self.bag.topic} from {p['path']}")
         else:
             self.world = None
@@ -48,13 +47,14 @@ class CameraStream(Node):
         self.truth_pub = self.create_publisher(GroundTruth, "ground_truth", RELIABLE_QOS)
         self.diagnostics = Diagnostics(self, self.settings)
         self.index = 0
+        self.skipped = 0  # bag messages that did not decode
         self._last_recorded: int | None = None
         self._recorded_stamp = (0, 0)
         self.msg = Image()
         self.timer = self.create_timer(1.0 / p["rate_hz"], self.on_timer)
         self.create_timer(1.0, lambda: self.diagnostics.publish([Health(
             "camera", OK, "streaming", {"frames": self.index, "source": self.source,
-                                        "skipped": getattr(self, "skipped", 0)})]))
+                                        "skipped": self.skipped})]))
         self.get_logger().info(f"publishing {self.source} frames at {p['rate_hz']} Hz, {size[0]}x{size[1]} "
                                f"{p['encoding']}")
 
@@ -88,6 +88,7 @@ class CameraStream(Node):
             stamp = msg.header.stamp
             return img, (int(stamp.sec), int(stamp.nanosec)) if stamp.sec or stamp.nanosec else (
                 recorded_ns // 10 ** 9, recorded_ns % 10 ** 9)
+        self.bag.close()
         return None, None
 
     def _frame(self):
