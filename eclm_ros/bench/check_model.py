@@ -21,6 +21,7 @@ from ..core.edge_runtime import make_runtime
 from ..core.model_import import InputSpec, ModelImportError, adaptable_summary, describe_input, load_model
 from ..core.models import ModularNet, count_macs
 from ..core.norm import affine_state
+from .report import latency_stats
 
 
 def _latencies(runtime, x: np.ndarray, frames: int) -> np.ndarray:
@@ -53,8 +54,8 @@ def check(path: Path, spec: InputSpec, threads: int, frames: int) -> dict:
         runtime = make_runtime(kind, model.model, threads=threads, input_shape=d.input_shape())
         build_s = time.perf_counter() - t0
         ms = _latencies(runtime, x, frames)
-        report[kind] = {"build_s": build_s, "fps": 1000 / ms.mean(), "p50_ms": float(np.percentile(ms, 50)),
-                        "p99_ms": float(np.percentile(ms, 99))}
+        stats = latency_stats(ms)
+        report[kind] = {"build_s": build_s, "fps": 1000 / stats["mean_ms"], **stats}
         if kind == "onnx" and summary["affine_params"]:
             affine = {k: v.numpy() * 1.01 for k, v in affine_state(model.model).items()}
             t0 = time.perf_counter()

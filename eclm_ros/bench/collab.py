@@ -16,6 +16,7 @@ import torch
 
 from ..core.adapt import tent
 from ..core.compose import compose, integrate, keep_shared_affine, module_weights, new_modules
+from ..core.checkpoint import Checkpoint
 from ..core.coordinator import Coordinator
 from ..core.distill import Distiller
 from ..core.edge_agent import EdgeAgent, EdgeConfig
@@ -206,18 +207,22 @@ class EclmRos:
     demo and this method agree on the same stream."""
 
     def __init__(self, ctx: BenchContext, strategy: str = "eclm_ros", upload_ratio: float = 0.2,
-                 upload_batch: int = 16, encoding: str = "fp16", name: str = "eclm_ros") -> None:
+                 upload_batch: int = 16, encoding: str = "fp16", name: str = "eclm_ros",
+                 models: tuple[Checkpoint, Checkpoint] | None = None, **strategy_options) -> None:
+        """``models`` (cloud, edge) replace the defaults (e.g. a user's teacher and edge model, with
+        ``student=edge`` among the ``strategy_options`` of ``make_strategy``)."""
         self.name = name
         self.clock = SimClock()
         self.network = InMemoryNetwork(self.clock, seed=ctx.seed)
         quiet = logging.getLogger(f"eclm_ros.bench.{name}")
         quiet.setLevel(logging.ERROR)
-        self.coordinator = Coordinator(make_strategy(strategy, ctx.checkpoint("cloud"), seed=ctx.seed),
+        cloud, edge = models or (ctx.checkpoint("cloud"), ctx.checkpoint("edge"))
+        self.coordinator = Coordinator(make_strategy(strategy, cloud, seed=ctx.seed, **strategy_options),
                                        self.network.cloud_link(), clock=self.clock, log=quiet)
         self.coordinator.configure(update_encoding=encoding)
         self.network.serve(self.coordinator)
-        edge = ctx.checkpoint("edge")
-        self.agent = EdgeAgent(make_runtime("onnx", edge.model), edge.description, self.network.connect(name),
+        self.agent = EdgeAgent(make_runtime("onnx", edge.model, input_shape=edge.description.input_shape()),
+                               edge.description, self.network.connect(name),
                                EdgeConfig(edge_id=name, upload_ratio=upload_ratio, upload_batch=upload_batch),
                                clock=self.clock, log=quiet, threaded=False)
         self.network.attach(name, self.agent)

@@ -78,12 +78,13 @@ class Distiller:
         self.to_tensor = to_tensor
         self.teacher_input = teacher_input or to_tensor  # a teacher with its own input size and normalisation
         self.teacher = configure_model(teacher)
-        if not collect_params(self.teacher):  # a teacher without normalisation layers teaches as it is
+        teacher_params = collect_params(self.teacher)
+        if not teacher_params:  # a teacher without normalisation layers teaches as it is
             self.cfg = replace(config, adapt_teacher=False)
         self.student = configure_model(student)
         self.e_max = config.e_max_factor * math.log(num_classes)
-        self.opt_teacher = torch.optim.SGD(collect_params(self.teacher) or [torch.zeros(1, requires_grad=True)],
-                                           lr=config.teacher_lr, momentum=config.momentum)
+        self.opt_teacher = torch.optim.SGD(teacher_params, lr=config.teacher_lr, momentum=config.momentum) \
+            if self.cfg.adapt_teacher else None
         self.opt_student = torch.optim.SGD(collect_params(self.student), lr=config.student_lr,
                                            momentum=config.momentum)
         self.pending: deque[np.ndarray] = deque(maxlen=config.queue)

@@ -14,7 +14,6 @@ The input description comes from the model's metadata where it carries it (ONNX 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import sys
 import types
@@ -34,11 +33,10 @@ from .checkpoint import Checkpoint, ModelFileError
 from .checkpoint import load as load_checkpoint
 from .description import DescriptionError, ModelDescription
 from .norm import norm_layers
-from .onnx_export import drop_initializer_inputs
+from .onnx_export import drop_initializer_inputs, torch_to_onnx
 
 METADATA_KEY = "eclm_ros"
 TORCHSCRIPT_METADATA = "eclm_ros.json"
-OPSET = 17
 KEEP_NORM_EXPORT = ("torch.onnx.export(model.eval(), x, 'model.onnx', do_constant_folding=False, "
                     "dynamic_axes={'input': {0: 'n'}}) keeps BatchNorm as BatchNormalization nodes")
 
@@ -87,6 +85,7 @@ def import_model(path: Path | str, spec: InputSpec = InputSpec()) -> Checkpoint:
     else:
         proto, fmt = _read_onnx(path), "onnx"
         metadata = _onnx_metadata(path, proto)
+        drop_initializer_inputs(proto)  # older exporters list the weights as inputs too
     original = proto.SerializeToString()
     channels, size = _image_input(path, proto)
     classes = _classifier_output(path, proto)
@@ -172,19 +171,11 @@ def _torchscript_to_onnx(path: Path, spec: InputSpec) -> tuple[onnx.ModelProto, 
         raise ModelImportError(f"{path}: a TorchScript file does not say its input: set input_size [H, W] and "
                                f"input_channels (1 or 3), or save it with _extra_files={{'{TORCHSCRIPT_METADATA}': "
                                f"json.dumps({{'input_size': [H, W], 'channels': C}})}}")
-    buf = io.BytesIO()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (torch.zeros(1, channels, *size),), buf, input_names=["input"],
-                              output_names=["output"], dynamic_axes={"input": {0: "n"}, "output": {0: "n"}},
-                              dynamo=False, opset_version=OPSET, do_constant_folding=False,
-                              keep_initializers_as_inputs=True)
+        proto = torch_to_onnx(module, (1, channels, *size), "input", "output")
     except Exception as exc:  # the exporter's failures have no common type
         raise ModelImportError(f"{path}: TorchScript model does not run on a {channels}x{size[0]}x{size[1]} "
                                f"image ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
-    proto = onnx.load_from_string(buf.getvalue())
-    drop_initializer_inputs(proto)
     return proto, metadata
 
 
@@ -194,8 +185,7 @@ def _dims(value_info) -> list[int | str]:
 
 
 def _image_input(path: Path, proto: onnx.ModelProto) -> tuple[int, tuple[int, int]]:
-    held = {init.name for init in proto.graph.initializer}
-    inputs = [i for i in proto.graph.input if i.name not in held]
+    inputs = list(proto.graph.input)
     if len(inputs) != 1:
         raise ModelImportError(f"{path} has {len(inputs)} inputs ({[i.name for i in inputs]}); an edge model "
                                f"takes one image")
@@ -280,8 +270,7 @@ def _prune(graph: onnx.GraphProto) -> None:
 
 def _dynamic_batch(proto: onnx.ModelProto) -> None:
     """The cloud trains on batches: the batch axis of the input and output becomes symbolic."""
-    for value in (*[i for i in proto.graph.input if i.name not in {x.name for x in proto.graph.initializer}],
-                  *proto.graph.output):
+    for value in (*proto.graph.input, *proto.graph.output):
         dim = value.type.tensor_type.shape.dim[0]
         dim.ClearField("dim_value")
         dim.dim_param = "n"

@@ -143,14 +143,18 @@ class AdaptiveGraph:
         return patched.SerializeToString()
 
 
-def _torch_export(model: nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
+def torch_to_onnx(module: nn.Module, input_shape: tuple[int, ...], input_name: str = "x",
+                  output_name: str = "probs") -> onnx.ModelProto:
+    """``module`` (an nn.Module or TorchScript) as ONNX with BatchNorm kept as BatchNormalization nodes (no
+    constant folding, the module's own mode), each layer's tensors its own (no deduplication of equal
+    initializers) and the batch axis dynamic."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice, tracer notes
-        torch.onnx.export(_Probs(model), (torch.zeros(input_shape),), buf, input_names=["x"],
-                          output_names=["probs"], dynamic_axes={"x": {0: "n"}, "probs": {0: "n"}}, dynamo=False,
-                          opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE, do_constant_folding=False,
-                          keep_initializers_as_inputs=True)  # no deduplication: equal BatchNorm weights stay apart
+        torch.onnx.export(module, (torch.zeros(input_shape),), buf, input_names=[input_name],
+                          output_names=[output_name], dynamic_axes={input_name: {0: "n"}, output_name: {0: "n"}},
+                          dynamo=False, opset_version=OPSET, training=torch.onnx.TrainingMode.PRESERVE,
+                          do_constant_folding=False, keep_initializers_as_inputs=True)
     proto = onnx.load_from_string(buf.getvalue())
     drop_initializer_inputs(proto)
     return proto
@@ -177,7 +181,7 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
         raise ExportError(f"{type(model).__name__} has no input_shape: pass input_shape=(C, H, W)")
     input_shape = tuple(input_shape)
     try:
-        proto = _torch_export(model, input_shape)
+        proto = torch_to_onnx(_Probs(model), input_shape)
     except Exception as exc:  # the tracer's failures have no common type
         raise ExportError(f"torch.onnx.export failed: {exc}") from exc
     graph = proto.graph

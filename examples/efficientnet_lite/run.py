@@ -8,8 +8,8 @@
 2. Camera frames: crops of scikit-image's photographs (224 px), shifted by the harsh world's corruptions
    (eclm_ros.sim). These frames have no labels: the reference is the teacher's prediction on the clean frame.
 3. The same frames through (a) the source edge model (statistics frozen), (b) the forward-only edge alone
-   (BatchNorm statistics per frame in ONNX Runtime, no cloud), (c) eclm_ros: the same edge agent with the cloud
-   coordinator distilling Lite2 into it over the in-memory link. Prints agreement with the teacher per method.
+   (BatchNorm statistics per frame in ONNX Runtime, no cloud), (c) eclm_ros: the benchmark's system (the edge
+   agent and the cloud coordinator over the in-memory link) with Lite2 distilled into Lite0. Prints agreement with the teacher per method.
 """
 from __future__ import annotations
 
@@ -24,14 +24,12 @@ import onnx
 import torch
 
 from eclm_ros.bench.check_model import check, table
-from eclm_ros.core.coordinator import Coordinator, CoordinatorConfig
+from eclm_ros.bench.collab import EclmRos
+from eclm_ros.bench.method import BenchContext
 from eclm_ros.core.distill import DistillConfig
-from eclm_ros.core.edge_agent import EdgeAgent, EdgeConfig
 from eclm_ros.core.edge_runtime import make_runtime
 from eclm_ros.core.model_import import InputSpec, import_model, with_metadata
 from eclm_ros.core.preprocess import Preprocessor
-from eclm_ros.core.strategies import make_strategy
-from eclm_ros.core.transport import InMemoryNetwork, SimClock
 from eclm_ros.sim.corruptions import corrupt
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -96,29 +94,15 @@ def forward_only(edge, frames: np.ndarray, threads: int) -> tuple[np.ndarray, di
     return np.array([int(runtime.infer(pre.frame_input(img)[1][None])[0].argmax()) for img in frames]), {}
 
 
-def run_edge(edge, frames: np.ndarray, teacher, threads: int = 1) -> tuple[np.ndarray, dict]:
-    """Every frame through the edge agent (the forward-only ONNX Runtime edge) with the cloud coordinator
-    distilling ``teacher`` into it over the in-memory link."""
-    clock = SimClock()
-    net = InMemoryNetwork(clock)
+def with_cloud(edge, frames: np.ndarray, teacher, seed: int) -> tuple[np.ndarray, dict]:
+    """The benchmark's ``eclm_ros`` system (the edge agent on ONNX Runtime and the cloud coordinator over the
+    in-memory link) with these models: the cloud distils ``teacher`` into the user's ``edge``."""
     config = DistillConfig(teacher_lr=2.5e-4, student_lr=2.5e-3)  # the paper's ImageNet settings
-    cloud = Coordinator(make_strategy("eclm_ros", teacher, edge, config=config), net.cloud_link(),
-                        CoordinatorConfig(max_pending_batches=1024), clock=clock)
-    net.serve(cloud)
-    runtime = make_runtime("onnx", edge.model, threads=threads, input_shape=edge.description.input_shape())
-    agent = EdgeAgent(runtime, edge.description, net.connect("robot1"),
-                      EdgeConfig(edge_id="robot1", upload_batch=16, upload_ratio=0.2), clock=clock, threaded=False)
-    net.attach("robot1", agent)
-    preds = []
-    for img in frames:
-        clock.advance(1 / 30)
-        net.deliver()
-        cloud.process()
-        net.deliver()
-        agent.tick()
-        preds.append(agent.on_frame(img).class_id)
-    return np.array(preds), {"version": agent.version, "applied": agent.counters["applied"],
-                             "rejected": agent.counters["rejected_updates"], "uploaded": agent.counters["uploaded"]}
+    system = EclmRos(BenchContext(False, seed), models=(teacher, edge), student=edge, config=config)
+    preds = system.step(frames)
+    c = system.agent.counters
+    return preds, {"version": system.agent.version, "applied": c["applied"], "rejected": c["rejected_updates"],
+                   "uploaded": c["uploaded"]}
 
 
 def main() -> None:
@@ -142,7 +126,7 @@ def main() -> None:
     pre = Preprocessor(edge.description)
     rows = {"source (frozen statistics)": (predict(edge.model, pre, frames), {}),
             "forward-only BN edge, no cloud": forward_only(import_model(lite0), frames, args.threads),
-            "eclm_ros (edge + Lite2 cloud)": run_edge(import_model(lite0), frames, teacher, args.threads)}
+            "eclm_ros (edge + Lite2 cloud)": with_cloud(import_model(lite0), frames, teacher, args.seed)}
     results = {"check_model": report, "frames": len(frames), "methods": {}}
     agree_clean = float(np.mean(predict(edge.model, pre, clean) == reference))
     print(f"agreement with the teacher on the clean frames: source edge {100 * agree_clean:.1f} %")
