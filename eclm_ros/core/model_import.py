@@ -32,8 +32,9 @@ from torch import nn
 from .checkpoint import Checkpoint, ModelFileError
 from .checkpoint import load as load_checkpoint
 from .description import DescriptionError, ModelDescription
-from .norm import norm_layers
+from .norm import affine_state, norm_layers
 from .onnx_export import drop_initializer_inputs, torch_to_onnx
+from .tensor_codec import ENCODINGS, pack
 
 METADATA_KEY = "eclm_ros"
 TORCHSCRIPT_METADATA = "eclm_ros.json"
@@ -106,14 +107,13 @@ def import_model(path: Path | str, spec: InputSpec = InputSpec()) -> Checkpoint:
 
 
 def adaptable_summary(model: nn.Module) -> dict[str, Any]:
-    """The adaptable part of a model: normalisation layers, affine parameters, and the bytes of one affine
-    update at each encoding (fp32 raw, fp16, int8 with a per-tensor scale)."""
+    """The adaptable part of a model: normalisation layers, affine parameters, and the bytes one affine update
+    takes on the wire at each encoding (the coordinator's own packing)."""
     params = sum(p.numel() for p in model.parameters())
-    tensors = [(f"{n}.{k}", getattr(m, k)) for n, m in norm_layers(model) for k in ("weight", "bias")
-               if isinstance(getattr(m, k, None), nn.Parameter)]
-    affine = sum(t.numel() for _, t in tensors)
-    return {"norm_layers": len(norm_layers(model)), "params": params, "affine_params": affine,
-            "update_bytes": {"raw": 4 * affine, "fp16": 2 * affine, "int8": affine + 4 * len(tensors)},
+    affine = affine_state(model)
+    return {"norm_layers": len(norm_layers(model)), "params": params,
+            "affine_params": sum(t.numel() for t in affine.values()),
+            "update_bytes": {e: len(pack(affine, encoding=e).payload) if affine else 0 for e in ENCODINGS},
             "model_bytes": 4 * params}
 
 
