@@ -768,6 +768,7 @@ def test_a_recorded_bag_replays_as_the_camera_of_an_edge_serving_a_users_model(s
     frames = shapes(60, 4)[0]
     bag = _write_bag(tmp_path / "drive", frames)
     system.params["camera_stream"] = {"source": "bag", "path": str(bag), "bag_topic": topic, "bag_timing": True,
+                                      "wait_for_subscribers": 2,  # the edge and this test's listener
                                       "publish_clock": True, "size": [32, 32], "encoding": "rgb8"}
     system.params["edge_learner"].update(model_path=str(user_models["edge_onnx"]),
                                          labels_path=str(user_models["labels"]), input_mean=list(MEAN),

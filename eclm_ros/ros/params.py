@@ -168,6 +168,8 @@ CAMERA_STREAM = (
           "video / bag", read_only=True),
     Param("bag_topic", "", "the bag's image topic (sensor_msgs/Image or CompressedImage; '' = its first)",
           read_only=True),
+    Param("wait_for_subscribers", 1, "a bag's replay starts once this many subscriptions to `image` are matched "
+          "(0 = at once)", 0, 1000, read_only=True),
     Param("bag_timing", False, "replay a bag at its recorded pace (false: at rate_hz)", read_only=True),
     Param("publish_clock", False, "publish /clock from the bag's recording times and keep the recorded header "
           "stamps (for nodes with use_sim_time)", read_only=True),

@@ -105,8 +105,9 @@ class CameraStream(Node):
         max_frames, encoding = self.params["max_frames"], self.params["encoding"]
         if max_frames and self.index >= max_frames:
             return
-        if self.source == "bag" and self.index == 0 and self.image_pub.get_subscription_count() == 0:
-            return  # a recording is finite: its replay starts once a subscriber is matched
+        if self.source == "bag" and self.index == 0 and \
+                self.image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
+            return  # a recording is finite: its replay starts once its subscribers are matched
         frame, truth = self._frame()
         if frame is None:
             self.timer.cancel()
