@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "bench": ("eclm_ros.bench.run", "run every adaptation method on the same shifting stream, side by side"),
     "bench-edge": ("eclm_ros.bench.edge", "edge runtime speed, update latency and DDS transport figures"),
     "demo": ("eclm_ros.bench.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
+    "keys": ("eclm_ros.keys", "make this machine's key ring and enrol edges (signed updates and uploads)"),
     "check-model": ("eclm_ros.bench.check_model", "what a model file gives a robot: input, labels, adaptable "
                     "part, update size, speed, and what will not work"),
 }

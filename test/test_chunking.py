@@ -152,7 +152,8 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
 
     params = tmp_path / "edge.yaml"
     params.write_text(yaml.safe_dump({"/**/edge_learner": {"ros__parameters": {
-        **model_params(quick_cache, "edge_learner"), "chunk_timeout_s": 2.0, "cloud_namespace": "/chunk_cloud"}}}))
+        **model_params(quick_cache, "edge_learner"), "chunk_timeout_s": 2.0, "cloud_namespace": "/chunk_cloud",
+        "insecure": True}}}))  # this test is the cloud, sending unsigned updates: lab mode
     edge = NodeProcess([*node_executable("edge_learner"), "--ros-args", "-r", "__ns:=/chunk_edge",
                         "--params-file", str(params)], tmp_path / "edge.log")
     recorder = Recorder({"/chunk_edge/predictions": (Prediction, RELIABLE_QOS)})
@@ -215,11 +216,17 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
 
     from node_processes import model_params
 
+    from eclm_ros.core.signing import KeyRing
+
+    keys = KeyRing(tmp_path / "keys")  # signed both ways, as shipped
+    keys.init_cloud()
+    keys.enrol("chunked_edge")
     procs = []
     for name, ns, extra in (("cloud_coordinator", "/chunked_cloud", {"max_chunk_bytes": 40_000}),
                             ("edge_learner", "/chunked_edge", {"cloud_namespace": "/chunked_cloud"})):
         params = tmp_path / f"{name}.yaml"
         params.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": {**model_params(quick_cache, name),
+                                                                               "keys_dir": str(keys.root),
                                                                                **extra}}}))
         procs.append(NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
                                   str(params)], tmp_path / f"{name}.log"))

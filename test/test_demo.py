@@ -28,6 +28,31 @@ def test_demo_writes_a_report(tmp_path, quick_cache, capsys):
     md = (run / "report.md").read_text()
     assert "source model on the same frames" in md and "(best)" in md
     assert "frames" in capsys.readouterr().out  # the live progress line
+    _check_bag(run / "bag", report)
+
+
+def _check_bag(path, report):
+    """The run's bag opens without eclm_ros (rosbags reads the definitions it carries) and holds what the
+    report counts; updates without their tensors, in version order."""
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([path]) as reader:
+        counts = {c.topic: c.msgcount for c in reader.connections}
+        assert counts["/robot1/predictions"] == report["predictions"]
+        assert counts["/robot1/ground_truth"] == report["frames_published"]
+        assert {"/eclm/edge_status", "/diagnostics", "/robot1/bandwidth"} <= set(counts)
+        assert sum(counts.values()) == report["bag_messages"]
+        updates = [c for c in reader.connections if c.topic == "/eclm/updates/robot1"]
+        versions = []
+        for conn, _, raw in reader.messages(connections=updates):
+            msg = reader.deserialize(raw, conn.msgtype)
+            assert len(msg.bundle.payload) == 0 and msg.bundle.raw_size > 0 and len(msg.bundle.digest) == 64
+            versions.append(msg.version)
+        assert len(versions) >= 2 and versions == sorted(versions)
+        assert max(versions) >= report["final_model_version"]
+        first = next(reader.messages(connections=[c for c in reader.connections
+                                                  if c.topic == "/robot1/predictions"]))
+        assert reader.deserialize(first[2], first[0].msgtype).label
 
 
 def test_demo_refuses_bad_arguments(capsys):

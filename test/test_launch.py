@@ -38,7 +38,13 @@ class Launches:
     """Launch files started as separate processes, with one params_file pointing the nodes at the quick models."""
 
     def __init__(self, tmp: Path, cache: Path) -> None:
+        from eclm_ros.core.signing import KeyRing
+
         self.tmp, self.procs = tmp, []
+        self.keys = KeyRing(tmp / "keys")  # the cloud machine's `eclm-ros keys init robot1 robot2`
+        self.keys.init_cloud()
+        for edge_id in ("robot1", "robot2"):
+            self.keys.enrol(edge_id)
         self.params_file = tmp / "params.yaml"
         params = {
             "edge_learner": {**model_params(cache, "edge_learner"), "register_period_s": 1.0, "upload_batch": 8},
@@ -49,7 +55,7 @@ class Launches:
         self.params_file.write_text(yaml.safe_dump({f"/**/{n}": {"ros__parameters": p} for n, p in params.items()}))
 
     def start(self, launch_file: str, **arguments: str) -> NodeProcess:
-        args = {"params_file": str(self.params_file), **arguments}
+        args = {"params_file": str(self.params_file), "keys_dir": str(self.keys.root), **arguments}
         log = self.tmp / f"{launch_file}-{len(self.procs)}.log"
         proc = NodeProcess([sys.executable, str(RUNNER), launch_file, *(f"{k}:={v}" for k, v in args.items())], log)
         self.procs.append(proc)
@@ -172,6 +178,7 @@ def test_demo_launch_runs_one_robot_and_its_cloud_in_the_namespaces_it_is_given(
     finally:
         recorder.close()
     assert sorted(envs) == ["bandwidth_monitor", "camera_stream", "cloud_coordinator", "edge_learner"], envs
+    assert launches.keys.edge_public("scout7").is_file()  # the demo launch enrolled its robot's edge id
     assert {env[PROFILE] for env in envs.values()} == {str(own_profile)}
     _assert_clean_stop(demo, nodes=4)
 

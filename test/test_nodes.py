@@ -23,21 +23,25 @@ class System:
     """Writes each node's parameter YAML and starts node executables as separate processes."""
 
     def __init__(self, tmp: Path, cache: Path) -> None:
-        from eclm_ros.core.signing import generate_key, save_key_pair
+        from eclm_ros.core.signing import KeyRing
 
         self.tmp, self.cache = tmp, cache
-        save_key_pair(generate_key(), tmp / "cloud.pem", tmp / "cloud.pub")
+        self.ring = KeyRing(tmp / "keys")  # as `eclm-ros keys init` leaves it: the nodes are secure by default
+        self.ring.init_cloud()
         self.procs: list[NodeProcess] = []
+        keys = {"keys_dir": str(self.ring.root)}
         self.params = {
-            "cloud_coordinator": {**model_params(cache, "cloud_coordinator"), "private_key": str(tmp / "cloud.pem"),
+            "cloud_coordinator": {**model_params(cache, "cloud_coordinator"), **keys,
                                   "state_dir": str(tmp / "state"), "save_period_s": 1.0},
-            "edge_learner": {**model_params(cache, "edge_learner"), "cloud_public_key": str(tmp / "cloud.pub"),
+            "edge_learner": {**model_params(cache, "edge_learner"), **keys,
                              "upload_batch": 8, "upload_ratio": 0.3, "register_period_s": 2.0},
             "camera_stream": {"schedule": SCHEDULE, "seed": 3, "rate_hz": 40.0},
             "bandwidth_monitor": {"probe_period_s": 0.5},
         }
 
     def start(self, name: str, namespace: str) -> NodeProcess:
+        if name == "edge_learner":  # enrolled under the id its namespace gives it
+            self.ring.enrol(self.params[name].get("edge_id") or namespace.strip("/").replace("/", "_"))
         path = self.tmp / f"{name}-{len(self.procs)}.yaml"  # each process its own: they read it at start-up
         path.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": self.params[name]}}))
         proc = NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={namespace}",
@@ -180,7 +184,7 @@ def test_bad_input_is_refused_and_serving_goes_on(system):
         images.publish(_image(bytes(100)))  # data shorter than height x step
         images.publish(_image(bytes(784 * 4), step=112, encoding="32FC1"))  # unsupported encoding
         current = version()
-        cloud_key = load_private_key(system.tmp / "cloud.pem")
+        cloud_key = load_private_key(system.ring.cloud_private)
 
         def update(version: int, base: int, kind: int, target: str = "robot1", key=cloud_key, corrupt=False):
             msg = _signed_update(key, version, base, kind, {"x": np.ones(4, np.float32)}, target=target)
@@ -305,20 +309,18 @@ def test_trainable_edge_adapts_itself_and_the_cloud_integrates_its_modules(syste
 def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
     """A node that merely knows an edge's id must not teach (poison) the cloud model every edge is served from."""
     from eclm_ros.core.selection import encode_frames
-    from eclm_ros.core.signing import SCHEME, generate_key, load_private_key, save_key_pair, sign, upload_bytes
+    from eclm_ros.core.signing import SCHEME, generate_key, load_private_key, sign, upload_bytes
     from eclm_ros.core.tensor_codec import pack
     from eclm_ros.msg import EncodedFrame, LearnedModules, SampleBatch
     from eclm_ros.ros.ros_io import RELIABLE_QOS, bundle_to_msg
 
-    keys = system.tmp / "edge_keys"
-    keys.mkdir()
-    save_key_pair(generate_key(), system.tmp / "robot1.key", keys / "robot1.pem")
-    system.params["cloud_coordinator"]["edge_keys_dir"] = str(keys)
-    system.params["edge_learner"].update(private_key=str(system.tmp / "robot1.key"), adapt_locally=True,
-                                         local_batch=8, module_upload_frames=64)
+    system.params["edge_learner"].update(adapt_locally=True, local_batch=8, module_upload_frames=64)
     listener = _listener()
+    real_uploads, real_modules = [], []
+    listener.node.create_subscription(SampleBatch, "/eclm/samples", real_uploads.append, RELIABLE_QOS)
+    listener.node.create_subscription(LearnedModules, "/eclm/learned_modules", real_modules.append, RELIABLE_QOS)
     try:
-        system.start_loop()
+        system.start_loop()  # the key ring's keys, as shipped: the edge signs, the cloud checks
         samples = listener.publisher(SampleBatch, "/eclm/samples", RELIABLE_QOS)
         modules = listener.publisher(LearnedModules, "/eclm/learned_modules", RELIABLE_QOS)
         cloud = lambda: _values(listener, "cloud_coordinator")  # noqa: E731
@@ -340,20 +342,21 @@ def test_the_cloud_learns_only_from_uploads_its_edges_signed(system):
                 msg.frames[0].data = blobs[1]
             return msg
 
-        own = load_private_key(system.tmp / "robot1.key")
-        for msg in (batch(), batch(generate_key()), batch(own, alter=True)):
-            samples.publish(msg)
+        own = load_private_key(system.ring.edge_private("robot1"))
+        for msg in (batch(), batch(generate_key()), batch(own, alter=True), real_uploads[0]):
+            samples.publish(msg)  # unsigned, signed by another key, altered after signing, replayed
         forged = LearnedModules(edge_id="robot1", base_version=1, submodel_spec="{}", frames=64)
         bundle_to_msg(pack({"stages.0.module0.body.0.weight": np.zeros(4, np.float32)}), forged.bundle)
         modules.publish(forged)
-        wait_for(lambda: int(cloud().get("rejected_batches", 0)) >= 3 and int(cloud().get("rejected_modules", 0)) >= 1,
+        modules.publish(real_modules[0])  # replayed
+        wait_for(lambda: int(cloud().get("rejected_batches", 0)) >= 4 and int(cloud().get("rejected_modules", 0)) >= 2,
                  20, "the forged uploads refused on /diagnostics")
         learned = int(cloud()["batches"])
         wait_for(lambda: int(cloud()["batches"]) > learned, 20, "the cloud still learning from the real edge")
     finally:
         listener.close()
     out = system.procs[0].output()
-    for reason in ("unsigned upload", "does not match"):
+    for reason in ("unsigned upload", "does not match", "replayed or out-of-order upload", "replayed modules"):
         assert reason in out, f"no cloud log line with {reason!r}:\n{out[-4000:]}"
 
 
@@ -400,7 +403,7 @@ def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_m
 
     edge = quick_model("edge").model
     spec = spec_json(quick_model("cloud").model, edge.spec)
-    key = load_private_key(system.tmp / "cloud.pem")
+    key = load_private_key(system.ring.cloud_private)
     shifted = {k: v + 0.01 for k, v in affine_state(edge).items()}
     listener = _listener()
     try:
@@ -410,14 +413,40 @@ def test_updates_arriving_while_a_new_model_is_built_wait_for_it(system, quick_m
         preds = listener.received["/robot1/predictions"]
 
         wait_for(lambda: feed() and preds and updates.get_subscription_count() >= 1, 60, "the edge serving")
+        second = _signed_update(key, 2, 1, KIND_NORM_AFFINE, shifted, spec)
         updates.publish(_signed_update(key, 1, 0, KIND_FULL, edge.state_dict(), spec))
-        updates.publish(_signed_update(key, 2, 1, KIND_NORM_AFFINE, shifted, spec))
+        updates.publish(second)
         updates.publish(_signed_update(key, 3, 2, KIND_NORM_AFFINE, shifted, spec))
         wait_for(lambda: feed() and preds[-1].model_version == 3, 30, "version 3 served")
         wait_for(lambda: feed() and int(_edge_values(listener).get("applied", 0)) == 3, 10, "3 updates applied")
         assert int(_edge_values(listener)["rejected_updates"]) == 0, system.logs()
+        # secure by default (keys from the key ring, no key parameter set): an unsigned update and a replayed
+        # signed one are refused, and the edge goes on serving version 3
+        unsigned = _signed_update(key, 4, 3, KIND_NORM_AFFINE, shifted, spec)
+        unsigned.signature_scheme, unsigned.signature = "", []
+        updates.publish(unsigned)
+        updates.publish(second)
+        wait_for(lambda: feed() and int(_edge_values(listener).get("rejected_updates", 0)) == 2, 20,
+                 "the unsigned and the replayed update refused")
+        assert preds[-1].model_version == 3
     finally:
         listener.close()
+    out = system.procs[0].output()
+    assert "unsigned update" in out and "stale update: version 2" in out, out[-3000:]
+
+
+@pytest.mark.parametrize("name", ["edge_learner", "cloud_coordinator"])
+def test_the_shipped_configuration_does_not_start_without_keys(system, tmp_path, name):
+    """Secure by default: an empty key ring stops the edge and the cloud at start-up with the command that
+    fills it; the lab opt-out starts them, saying what it gives up."""
+    system.params[name]["keys_dir"] = str(tmp_path / "no_keys")
+    proc = system.start(name, "/robot3")
+    code = proc.proc.wait(timeout=30)
+    assert code == 2 and "eclm-ros keys init" in proc.output() and "insecure: true" in proc.output(), proc.output()
+    system.params[name]["insecure"] = True
+    lab = system.start(name, "/robot3")
+    wait_for(lambda: "insecure (lab mode)" in lab.output() or not lab.alive(), 60, "the lab-mode warning")
+    assert lab.alive(), lab.output()
 
 
 @pytest.mark.parametrize("name", ["edge_learner", "cloud_coordinator"])

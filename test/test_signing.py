@@ -50,3 +50,48 @@ def test_edge_keys_accept_only_what_the_enrolled_edge_signed(tmp_path):
             keys.check(stranger, data, SCHEME, sign(robot, data))
     with pytest.raises(SignatureError, match="does not exist"):
         EdgeKeys(tmp_path / "missing")
+
+
+def test_keys_command_fills_a_key_ring_the_nodes_read_and_keeps_what_exists(tmp_path, capsys):
+    from eclm_ros.cli import main
+    from eclm_ros.core.signing import KeyRing, cloud_keys, edge_keys, key_id
+
+    ring = KeyRing.at(tmp_path / "ring")
+    assert main(["keys", "--dir", str(ring.root), "init", "robot1", "robot2"]) == 0
+    cloud_pub = ring.cloud_public.read_bytes()
+    assert main(["keys", "--dir", str(ring.root), "init", "robot3"]) == 0  # again: kept, one more edge
+    assert ring.cloud_public.read_bytes() == cloud_pub
+    out = capsys.readouterr().out
+    assert "cloud key kept" in out and "edge robot3 enrolled" in out and "copy edge-robot1.pem" in out
+    assert oct(ring.cloud_private.stat().st_mode & 0o777) == "0o600"
+    public, private = edge_keys(ring, "robot1")
+    key, enrolled = cloud_keys(ring)
+    assert key_id(public) == key_id(key.public_key())
+    data = b"an upload"
+    enrolled.check("robot1", data, "ed25519", private.sign(data))  # the cloud trusts robot1's own key
+    assert main(["keys", "--dir", str(ring.root), "revoke", "robot2"]) == 0
+    assert not ring.edge_public("robot2").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "--dir", str(ring.root), "revoke", "robot2"])
+    assert exc.value.code == 1 and "not enrolled: robot2" in capsys.readouterr().err
+
+
+def test_nodes_without_keys_are_told_the_command_unless_in_lab_mode(tmp_path, monkeypatch):
+    from eclm_ros.core.signing import KEYS_ENV, KeyRing, SignatureError, cloud_keys, edge_keys
+
+    monkeypatch.setenv(KEYS_ENV, str(tmp_path / "env_ring"))
+    ring = KeyRing.at("")
+    assert ring.root == tmp_path / "env_ring"
+    with pytest.raises(SignatureError, match=r"eclm-ros keys init robot1.*insecure: true"):
+        edge_keys(ring, "robot1")
+    with pytest.raises(SignatureError, match=r"eclm-ros keys init.*insecure: true"):
+        cloud_keys(ring)
+    assert edge_keys(ring, "robot1", insecure=True) == (None, None)
+    assert cloud_keys(ring, insecure=True) == (None, None)
+    ring.init_cloud()
+    key, enrolled = cloud_keys(ring, insecure=True)  # lab mode still uses the keys it finds
+    assert key is not None and enrolled is not None
+    with pytest.raises(SignatureError, match="this edge's private key"):
+        edge_keys(ring, "robot1")  # the cloud's public key is there, robot1 is not enrolled
+    with pytest.raises(SignatureError, match="cannot name a key file"):
+        ring.enrol("../evil")

@@ -19,7 +19,7 @@ from eclm_ros.core.signing import EdgeKeys, generate_key, save_key_pair
 from eclm_ros.core.strategies import make_strategy
 from eclm_ros.core.tensor_codec import pack
 from eclm_ros.core.transport import InMemoryNetwork, LinkModel, SimClock
-from eclm_ros.core.updates import signature_for
+from eclm_ros.core.updates import UpdateRejected, check_update, signature_for
 from eclm_ros.sim.corruptions import corrupt
 from eclm_ros.sim.data import load_fashion_mnist
 
@@ -226,6 +226,46 @@ def test_the_cloud_learns_only_from_uploads_their_edge_signed(quick_model, tmp_p
     assert world.cloud.counters["frames"] == frames_by_signed > 0
     assert world.cloud.counters["rejected_batches"] == world.edges["robot2"].counters["batches_sent"] > 0
     assert "unsigned upload" in world.cloud.last_reject
+
+
+def test_replayed_uploads_and_updates_are_refused_even_after_the_edge_restarts(quick_model, tmp_path):
+    """Someone on the DDS domain records a signed upload and a signed update and sends them again later: the
+    cloud must not learn twice from the same frames, and an edge must not go back to an old model, even once
+    it restarted and serves version 0 again (it stores nothing)."""
+    cloud_key, own = generate_key(), generate_key()
+    keys = tmp_path / "edge_keys"
+    keys.mkdir()
+    save_key_pair(own, tmp_path / "robot1.key", keys / "robot1.pem")
+    world = World(quick_model, tmp_path, cloud_key=cloud_key, edge_keys=EdgeKeys(keys), upload_batch=4,
+                  upload_ratio=0.5)
+    batches, updates = [], []
+    admit, send = world.cloud.on_samples, world.cloud.link.send_update
+    world.cloud.on_samples = lambda batch: (batches.append(batch), admit(batch))[1]
+    world.cloud.link.send_update = lambda edge, parts: (updates.append(parts), send(edge, parts))[1]
+    world.add_edge("robot1", private_key=own)
+    world.run(150)
+    learned, first_versions = world.cloud.counters["batches"], len(updates)
+    assert learned >= 2 and first_versions >= 2 and world.cloud.counters["rejected_batches"] == 0
+    assert world.cloud.on_samples(batches[0]) is False and "replayed" in world.cloud.last_reject
+
+    agent = world.add_edge("robot1", private_key=own)  # restarted: version 0, a new agent
+    world.run(20)
+    assert agent.version > max(u[0].header.version for u in updates[:first_versions - 1])
+    rejected = agent.counters["rejected_updates"]
+    for part in updates[0]:  # the first signed update this edge ever got, sent again
+        agent.on_update(part)
+    assert agent.counters["rejected_updates"] == rejected + 1 and agent.reasons["stale"] >= 1
+    # over DDS the registration's reply can overtake the full update it announces: until that lands the edge
+    # serves version 0, and an old update is refused because the cloud registered it at a newer version
+    header = updates[0][0].header
+    with pytest.raises(UpdateRejected, match="replayed update"):
+        check_update(header, updates[0][0].bundle, edge_id="robot1", current_version=0,
+                     public_key=cloud_key.public_key(), min_version=header.version + 1)
+    check_update(header, updates[0][0].bundle, edge_id="robot1", current_version=0,
+                 public_key=cloud_key.public_key(), min_version=header.version)  # the announced one passes
+    world.run(150, start=20)  # the restarted edge's uploads still teach: its batch numbers continue upwards
+    assert world.cloud.counters["batches"] > learned + 1
+    assert world.cloud.counters["rejected_batches"] == 1
 
 
 def test_run_time_settings_take_effect_and_bad_ones_are_refused(quick_model, tmp_path):

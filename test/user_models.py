@@ -105,3 +105,14 @@ def build(root: Path) -> dict[str, Path]:
         {"input_size": [SIZE, SIZE], "channels": 3, "labels": list(LABELS), "mean": MEAN, "std": STD})})
     files["truncated_onnx"].write_bytes(files["edge_onnx"].read_bytes()[:1000])
     return files
+
+
+def write_image_folder(root: Path, train: int = 320, test: int = 160, size: int = 40) -> Path:
+    """The shapes as a user's data folder: root/train/<label>/*.png and root/test/<label>/*.png."""
+    for split, n, seed in (("train", train, 1), ("test", test, 2)):
+        images, labels = shapes(n, seed, size)
+        for label in LABELS:
+            (root / split / label).mkdir(parents=True, exist_ok=True)
+        for i, (img, label) in enumerate(zip(images, labels)):
+            cv2.imwrite(str(root / split / LABELS[label] / f"{i:04d}.png"), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+    return root

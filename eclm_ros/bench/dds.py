@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.checkpoint import default_path
+from ..core.signing import KeyRing
 from ..sim.camera import camera_frames
 from .report import latency_stats
 
@@ -103,9 +104,13 @@ def e2e(args) -> dict:
 
     tmp = Path(tempfile.mkdtemp(prefix="eclm-bench-e2e-"))
     ns = "/bench_e2e"
+    keys = KeyRing(tmp / "keys")  # the edge as shipped: it will not start without its keys
+    keys.init_cloud()
+    keys.enrol("bench")
     params = tmp / "edge_learner.yaml"
     params.write_text(yaml.safe_dump({"/**/edge_learner": {"ros__parameters": {
         "edge_id": "bench", "model_path": str(default_path("edge", args.quick, args.cache or None)),
+        "keys_dir": str(keys.root),
         "runtime": args.runtime,
         "cloud_namespace": f"{ns}/no_cloud"}}}))
     received: list[tuple[int, int, str, int]] = []

@@ -4,7 +4,9 @@ camera_stream (the shifting world) -> edge_learner -> cloud_coordinator, with th
 the link, for a few minutes; a live line shows frames, rolling accuracy, model version, upload ratio and the
 link; at the end runs/<stamp>/ holds report.md, report.json and accuracy.png (rolling accuracy over time with
 the environment changes marked, beside the source model and the best on-device method, BN or Tent on the same
-edge model, on the very same frames). Labels reach only this evaluator (on their own topic), never the edge.
+edge model, on the very same frames) and bag/, an .mcap rosbag2 of what the system published (predictions,
+ground truth, link estimates, edge status, diagnostics, and the updates with their tensor payloads left out).
+Labels reach only this evaluator (on their own topic), never the edge.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ import yaml
 from rich.console import Console
 
 from ..core import checkpoint
-from ..core.signing import generate_key, save_key_pair
+from ..core.signing import KeyRing
 from ..sim.corruptions import WORLDS
 from ..sim.data import load_fashion_mnist
 from ..sim.evaluation import Evaluator
@@ -33,6 +35,7 @@ from .report import plot_rolling
 
 DEFAULT_SCHEDULE = ("clean:450,fog@3:900,contrast@3:900,gaussian_noise@3:900,motion_blur@3:900,"
                     "brightness@3:900,pixelate@3:900,frost@3:900")
+UPDATES = "/eclm/updates/robot1"  # the cloud's updates for the demo's one edge (ros.links.updates_topic)
 NODES = (("cloud_coordinator", "/eclm"), ("bandwidth_monitor", "/robot1"), ("edge_learner", "/robot1"),
          ("camera_stream", "/robot1"))
 
@@ -43,15 +46,14 @@ def _config_dir() -> Path:
     return Path(get_package_share_directory("eclm_ros")) / "config"
 
 
-def _write_params(out: Path, args, keys: Path) -> dict[str, Path]:
+def _write_params(out: Path, args, keys: KeyRing) -> dict[str, Path]:
     config = _config_dir()
     def model(name: str) -> str:
         return str(checkpoint.default_path(name, args.quick, args.cache))
 
     overrides = {
-        "cloud_coordinator": {"model_path": model("cloud"), "private_key": str(keys / "cloud.pem"),
-                              "state_dir": str(out / "cloud_state")},
-        "edge_learner": {"model_path": model("edge"), "cloud_public_key": str(keys / "cloud.pub")},
+        "cloud_coordinator": {"model_path": model("cloud"), "keys_dir": str(keys.root), "state_dir": str(out / "cloud_state")},
+        "edge_learner": {"model_path": model("edge"), "keys_dir": str(keys.root)},
         "camera_stream": {"schedule": args.schedule, "world": args.world, "seed": args.seed, "rate_hz": args.rate},
         "bandwidth_monitor": {},
     }
@@ -96,8 +98,9 @@ def run(args, console: Console) -> dict:
     console.print(f"[bold]eclm_ros demo[/] -> {out}")
     started = time.monotonic()
     trainer.ensure(args.quick, args.cache)  # shipped, or trained once before the nodes start (they only load)
-    keys = out / "keys"
-    save_key_pair(generate_key(), keys / "cloud.pem", keys / "cloud.pub")
+    keys = KeyRing(out / "keys")  # `eclm-ros keys init robot1`: signed updates and uploads, as on a robot
+    keys.init_cloud()
+    keys.enrol("robot1")
     params = _write_params(out, args, keys)
     os.environ.setdefault("ROS_DOMAIN_ID", str(random.SystemRandom().randint(1, 100)))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -105,13 +108,14 @@ def run(args, console: Console) -> dict:
 
     from diagnostic_msgs.msg import DiagnosticArray
 
-    from eclm_ros.msg import BandwidthEstimate, EdgeStatus, GroundTruth, Prediction
-    from ..ros.ros_io import RELIABLE_QOS
+    from eclm_ros.msg import BandwidthEstimate, EdgeStatus, GroundTruth, ModelUpdate, Prediction
+    from ..ros.ros_io import RELIABLE_QOS, UPDATE_QOS
 
     recorder = Recorder({"/robot1/predictions": (Prediction, RELIABLE_QOS),
                          "/robot1/ground_truth": (GroundTruth, RELIABLE_QOS),
                          "/robot1/bandwidth": (BandwidthEstimate, RELIABLE_QOS),
                          "/eclm/edge_status": (EdgeStatus, RELIABLE_QOS),
+                         UPDATES: (ModelUpdate, UPDATE_QOS),
                          "/diagnostics": (DiagnosticArray, 50)})
     def start(name: str, ns: str) -> NodeProcess:
         return NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
@@ -149,11 +153,21 @@ def run(args, console: Console) -> dict:
         for p in reversed(procs):
             p.stop()
         recorder.close()
-    return _report(out, args, preds, truths, recorder, console, first_prediction_s)
+    return _report(out, args, preds, truths, recorder, console, first_prediction_s, _record(out / "bag", recorder))
+
+
+def _record(path: Path, recorder) -> int:
+    """The run as an .mcap bag; an update's tensors are its bulk (and the model), so only its header, version,
+    kind, structure, digests and signature are kept."""
+    from ..ros.bag_writer import write_bag
+
+    for update in recorder.received[UPDATES]:
+        update.bundle.payload = []
+    return write_bag(path, {topic: recorder.timed(topic) for topic in recorder.received})
 
 
 def _report(out: Path, args, preds, truths, recorder, console: Console,
-            first_prediction_s: float | None) -> dict:
+            first_prediction_s: float | None, bag_messages: int) -> dict:
     edge = Evaluator()
     by_stamp = {(t.header.stamp.sec, t.header.stamp.nanosec): t for t in truths}
     joined = [(by_stamp[k], p) for p in preds if (k := (p.header.stamp.sec, p.header.stamp.nanosec)) in by_stamp]
@@ -184,6 +198,7 @@ def _report(out: Path, args, preds, truths, recorder, console: Console,
         "edge_fps": last.fps if last else 0.0, "edge_latency_p50_ms": last.latency_p50_ms if last else 0.0,
         "link_uplink_mbps": float(np.median([m.uplink_bps for m in links]) / 1e6) if links else 0.0,
         "link_rtt_ms": float(np.median([m.rtt_ms for m in links])) if links else 0.0,
+        "bag": str(out / "bag"), "bag_messages": bag_messages,
     }
     (out / "report.json").write_text(json.dumps(report, indent=2))
     plot_rolling(out / "accuracy.png", [(f"eclm_ros demo, {args.world} world", {
@@ -205,6 +220,7 @@ def _report(out: Path, args, preds, truths, recorder, console: Console,
              f"| upload ratio | {report['upload_ratio']:.3f} |",
              f"| edge fps / p50 latency | {report['edge_fps']:.1f} / {report['edge_latency_p50_ms']:.2f} ms |",
              f"| link uplink / RTT (median) | {report['link_uplink_mbps']:.1f} Mbit/s / {report['link_rtt_ms']:.1f} ms |",
+             f"| recorded (`ros2 bag info bag`) | {bag_messages} messages |",
              "", f"| segment | edge | {best} | source |", "|---|---:|---:|---:|"]
     for seg, acc in report["per_segment"].items():
         lines.append(f"| {seg.split(':', 1)[1]} | {acc:.3f} | "
@@ -212,8 +228,8 @@ def _report(out: Path, args, preds, truths, recorder, console: Console,
                      f"{report['source_per_segment'].get(seg, float('nan')):.3f} |")
     lines += ["", "![rolling accuracy](accuracy.png)", ""]
     (out / "report.md").write_text("\n".join(lines))
-    console.print("\n".join(lines[:17]))
-    console.print(f"wrote {out}/report.md, report.json, accuracy.png")
+    console.print("\n".join(lines[:18]))
+    console.print(f"wrote {out}/report.md, report.json, accuracy.png, bag/")
     return report
 
 

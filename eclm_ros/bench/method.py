@@ -13,6 +13,7 @@ from torch import nn
 from ..core.checkpoint import Checkpoint
 from ..core.description import ModelDescription
 from ..core.preprocess import Preprocessor
+from ..sim.data import Dataset, fashion_mnist
 from ..training import trainer
 
 
@@ -36,16 +37,18 @@ class Method(Protocol):
 
 @dataclass
 class BenchContext:
-    """What a method may start from: trained checkpoints (fresh copies per method) and clean training views."""
+    """What a method may start from: checkpoints trained on the run's data set (fresh copies per method) and
+    clean training views."""
 
     quick: bool
     seed: int
     cache_dir: Path | None = None
+    dataset: Dataset = field(default_factory=fashion_mnist)
     _cache: dict = field(default_factory=dict)
 
     def _loaded(self, name: str) -> Checkpoint:
         if name not in self._cache:
-            self._cache[name] = trainer.load(name, self.quick, self.cache_dir)
+            self._cache[name] = trainer.load(name, self.quick, self.cache_dir, self.dataset)
         return self._cache[name]
 
     def checkpoint(self, name: str) -> Checkpoint:

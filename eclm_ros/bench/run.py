@@ -2,7 +2,9 @@
 
 A method sees only pixels, batch after batch, and must predict each batch with its edge model as it is at
 that moment before it learns from it. Edge-cloud traffic is counted from the bytes the codec and the image
-encoder actually produce. Results: DIR/results.json, DIR/results.md and DIR/accuracy.png.
+encoder actually produce. The frames are Fashion-MNIST's test split, or with ``--data DIR`` a user's test images
+(the models trained on ``DIR/train`` first, once). Results: DIR/results.json, DIR/results.md and
+DIR/accuracy.png.
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ from ..core.norm import affine_param_fraction
 from ..core.strategies import default_budget
 from ..core.tensor_codec import pack
 from ..sim.corruptions import CORRUPTIONS, WORLDS
-from ..sim.data import load_fashion_mnist
+from ..sim.data import Dataset, fashion_mnist
 from ..sim.evaluation import Evaluator
 from ..sim.world import Schedule, WorldStream, default_schedule, parse_schedule
-from ..training.trainer import accuracy
+from ..training.trainer import accuracy, data_arguments, dataset_from_arguments
 from .baselines import METHODS as BASELINES
 from .collab import METHODS as COLLAB_METHODS
 from .method import BenchContext, Method
@@ -66,16 +68,17 @@ def default_streams(severities: list[int], frames_per_segment: int, mixed: bool 
 
 def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int, seed: int,
               quick: bool, cache_dir: Path | None = None, console: Console | None = None,
-              world: str = "mild") -> dict:
+              world: str = "mild", dataset: Dataset | None = None) -> dict:
     console = console or Console()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
-    ctx = BenchContext(quick, seed, cache_dir)
-    test_x, test_y = load_fashion_mnist("test")
+    dataset = dataset or fashion_mnist()
+    ctx = BenchContext(quick, seed, cache_dir, dataset)
+    test_x, test_y = dataset.split("test")
     cloud, edge, small = ctx.cloud_model(), ctx.edge_model(), ctx.edge_small()
     models = {name: {"params": count_params(m), "macs": count_macs(m),
-                     "clean_accuracy": round(accuracy(m, test_x, test_y), 4)}
+                     "clean_accuracy": round(accuracy(m, test_x, test_y, dataset.description), 4)}
               for name, m in (("cloud", cloud), ("edge", edge), ("edge_small", small))}
     models["edge"]["spec"] = [list(s) for s in edge.spec.stages]
     models["edge"]["affine_fraction"] = round(affine_param_fraction(edge), 4)
@@ -83,6 +86,7 @@ def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int,
     models["edge"]["budget_macs"] = default_budget(cloud).max_macs
     results = {"config": {"methods": methods, "streams": {k: s.to_string() for k, s in streams.items()},
                           "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True, "world": world,
+                          "data": dataset.source, "labels": list(dataset.description.labels),
                           "torch_threads": torch.get_num_threads()},
                "models": models, "runs": {}}
     evaluators = {}
@@ -123,8 +127,10 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--batch", type=int, default=64, help="frames per step")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
+    data_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
     args = parser.parse_args(argv)
+    dataset = dataset_from_arguments(parser, args)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -144,7 +150,7 @@ def cli(argv: list[str]) -> int:
     console = Console()
     try:
         results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], streams, args.batch,
-                            args.seed, args.quick, args.cache, console, args.world)
+                            args.seed, args.quick, args.cache, console, args.world, dataset)
     except ValueError as exc:
         parser.error(str(exc))
     write_results(results, args.out)

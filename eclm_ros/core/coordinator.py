@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -78,6 +78,8 @@ class Coordinator:
         self.preprocess = Preprocessor(strategy.description)
         self.lock = threading.RLock()  # message handlers and the learning thread share the strategy
         self.versions: dict[str, int] = {}
+        self.last_batch: dict[str, int] = {}  # per edge, the highest batch_seq learned from (replays refused)
+        self.module_uploads: dict[str, deque] = {}  # per edge, the signatures of its latest module uploads
         self.sent_at: dict[str, float] = {}  # edge -> when its newest update left
         self.full_version: dict[str, int] = {}  # edge -> version of its newest full update
         self.last_status: dict[str, EdgeStatus] = {}
@@ -164,10 +166,15 @@ class Coordinator:
             if batch.edge_id not in self.versions:
                 raise ValueError(f"samples from unregistered edge {batch.edge_id!r}")
             self._check_signature(batch.edge_id, batch.signed_bytes(), batch.signature_scheme, batch.signature)
+            last = self.last_batch.get(batch.edge_id, -1)
+            if batch.batch_seq <= last:
+                raise ValueError(f"replayed or out-of-order upload: batch {batch.batch_seq} <= {last}, the last "
+                                 f"learned from")
             views = np.stack([self.preprocess.view(v) for v in decode_frames(batch.frames, self.preprocess.channels)])
         except (ValueError, SignatureError, ImageFormatError) as exc:
             self.refuse_samples(f"batch {batch.batch_seq} of {batch.edge_id}: {exc}")
             return False
+        self.last_batch[batch.edge_id] = batch.batch_seq
         if not self._submit(("samples", batch.edge_id, views)):
             return False
         self.counters["batches"] += 1
@@ -180,7 +187,12 @@ class Coordinator:
             if msg.edge_id not in self.versions:
                 raise ValueError(f"modules from unregistered edge {msg.edge_id!r}")
             self._check_signature(msg.edge_id, msg.signed_bytes(), msg.signature_scheme, msg.signature)
+            seen = self.module_uploads.setdefault(msg.edge_id, deque(maxlen=64))
+            if msg.signature and bytes(msg.signature) in seen:
+                raise ValueError("replayed modules: this edge's signed upload was learned from already")
             tensors = {k: torch.from_numpy(v) for k, v in unpack(msg.bundle).items()}
+            if msg.signature:
+                seen.append(bytes(msg.signature))
         except (ValueError, CodecError, SignatureError) as exc:
             self.counters["rejected_modules"] += 1
             self._refuse("modules", f"modules of {msg.edge_id}: {exc}")
@@ -313,7 +325,8 @@ class Coordinator:
         if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
             return False
         try:
-            blob = {"versions": dict(self.versions), "strategy": self.strategy.state_dict()}
+            blob = {"versions": dict(self.versions), "last_batch": dict(self.last_batch),
+                    "strategy": self.strategy.state_dict()}
         finally:
             self.lock.release()
         with open(tmp, "wb") as f:
@@ -329,6 +342,7 @@ class Coordinator:
             blob = torch.load(path, map_location="cpu", weights_only=True)
             self.strategy.load_state_dict(blob["strategy"])
             self.versions = {str(k): int(v) for k, v in blob["versions"].items()}
+            self.last_batch = {str(k): int(v) for k, v in blob.get("last_batch", {}).items()}
         except Exception as exc:  # a corrupt or foreign state file: start fresh rather than not at all
             self.log.error(f"cannot restore {path} ({type(exc).__name__}: {exc}): starting without saved state")
             self.versions = {}

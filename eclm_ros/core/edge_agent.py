@@ -88,12 +88,15 @@ class EdgeAgent:
         self._input = np.empty(description.input_shape(), np.float32)
         self.selector = Selector(description.num_classes, target_ratio=self.config.upload_ratio)
         self.version = 0
+        self.registered_version = 0  # the cloud's version for this edge at its last registration
         self.spec = architecture_json(description.architecture) if description.architecture else ""
         self.chunks = Reassembler(max_payloads=4, max_bytes=2 * self.config.max_update_bytes,
                                   timeout_s=self.config.chunk_timeout_s, clock=clock)
         self.pending: list[tuple] = []
         self.queue: deque[SampleBatch] = deque(maxlen=self.config.max_queued_batches)
-        self.batch_seq = 0
+        # wall-clock microseconds: a restarted edge numbers its batches above the last run's, so the cloud can
+        # refuse any batch number it has seen (a replayed upload) without the edge storing anything
+        self.batch_seq = time.time_ns() // 1000
         self.budget_bps = float("inf")  # until the link is measured, it is not limited
         self.tokens = 0.0
         self.swapping: tuple | None = None  # (future, update) of a model being built off the serving path
@@ -254,7 +257,8 @@ class EdgeAgent:
                         return
                     bundle = replace(bundle, payload=payload)
                 check_update(header, bundle, edge_id=self.config.edge_id, current_version=self.version,
-                             public_key=self.cloud_key, max_bytes=self.config.max_update_bytes)
+                             public_key=self.cloud_key, max_bytes=self.config.max_update_bytes,
+                             min_version=self.registered_version)
                 swap = apply_update(self.runtime, header.kind, header.submodel_spec, self.spec, bundle,
                                     self.config.max_update_bytes,
                                     swap=self.runtime.swap_async if self.threaded else self.runtime.swap)
@@ -388,6 +392,7 @@ class EdgeAgent:
                 return
             if not self.registered:
                 self.log.info(f"registered with the cloud: version {reply.version} ({reply.message})")
+            self.registered_version = max(self.registered_version, reply.version)
             self._set_registered(True)
             self.flush()
 

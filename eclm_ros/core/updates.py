@@ -32,8 +32,10 @@ def signature_for(header: UpdateHeader, bundle: Bundle, private_key) -> tuple[st
 
 
 def check_update(header: UpdateHeader, bundle: Bundle, *, edge_id: str, current_version: int,
-                 public_key=None, max_bytes: int = 64 * 1024 * 1024) -> None:
-    """Raise UpdateRejected with the reason unless the edge may apply this update."""
+                 public_key=None, max_bytes: int = 64 * 1024 * 1024, min_version: int = 0) -> None:
+    """Raise UpdateRejected with the reason unless the edge may apply this update. ``min_version`` is the
+    version the cloud last registered the edge at: anything older is a replay, even after the edge restarted
+    (its own version then starts again from 0)."""
     if digest(bundle.payload) != bundle.digest:
         raise UpdateRejected("digest mismatch: the payload was altered or truncated in transit", "digest")
     if header.target_edge not in (edge_id, "*"):
@@ -44,6 +46,9 @@ def check_update(header: UpdateHeader, bundle: Bundle, *, edge_id: str, current_
     if header.version <= current_version:
         raise UpdateRejected(f"stale update: version {header.version} <= serving version {current_version}",
                              "stale")
+    if header.version < min_version:
+        raise UpdateRejected(f"replayed update: version {header.version} is older than version {min_version}, "
+                             f"which the cloud registered this edge at", "stale")
     if header.kind != KIND_FULL and header.base_version != current_version:
         raise UpdateRejected(f"update applies on version {header.base_version}, the edge serves {current_version}",
                              "version")

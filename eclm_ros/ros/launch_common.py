@@ -19,12 +19,13 @@ from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
+from ..core.signing import KeyRing
 from .params import CLOUD_NAMESPACE
 
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
 #: Nodes that talk to the cloud and take edge_id / cloud_namespace parameters.
 EDGE_SIDE = ("edge_learner", "bandwidth_monitor")
-#: Managed (lifecycle) nodes, brought up as the ``lifecycle`` argument says.
+#: Managed (lifecycle) nodes, brought up as the ``lifecycle`` argument says; also the nodes that hold keys.
 MANAGED = ("edge_learner", "cloud_coordinator")
 LIFECYCLE_MODES = ("auto", "launch", "manual")
 
@@ -43,6 +44,11 @@ def common_arguments() -> list:
                               description="edge id on the edge-cloud link ('' = the robot's namespace)"),
         DeclareLaunchArgument("cloud_namespace", default_value=CLOUD_NAMESPACE.default,
                               description="namespace of the cloud coordinator"),
+        DeclareLaunchArgument("keys_dir", default_value="", description="key ring of this machine (eclm-ros keys; "
+                              "'' = the nodes' keys_dir: $ECLM_ROS_KEYS, else ~/.config/eclm_ros/keys)"),
+        DeclareLaunchArgument("insecure", default_value="", choices=["", "true", "false"],
+                              description="lab only: true starts the edge and cloud without keys ('' = as the "
+                                          "parameters say: secure)"),
         DeclareLaunchArgument("log_level", default_value="info", description="debug | info | warn | error"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="follow /clock"),
         DeclareLaunchArgument("lifecycle", default_value="auto", choices=list(LIFECYCLE_MODES),
@@ -69,6 +75,9 @@ def node(name: str, namespace: Any, params: dict[str, Any] | None = None, **kwar
         if name in EDGE_SIDE:
             overrides["cloud_namespace"] = args["cloud_namespace"]
             overrides["edge_id"] = args["edge_id"]
+        if name in MANAGED:
+            overrides.update({k: v for k, v in (("keys_dir", args["keys_dir"]),
+                                                ("insecure", args["insecure"] == "true")) if args[k]})
         managed = name in MANAGED and args["lifecycle"] != "auto"
         if managed:
             overrides["autostart"] = False
@@ -92,3 +101,17 @@ def _bring_up(action: LifecycleNode) -> list:
                                                    goal_state="inactive",
                                                    entities=[change(Transition.TRANSITION_ACTIVATE)])),
             change(Transition.TRANSITION_CONFIGURE)]
+
+
+def enrol_keys(namespace: str) -> OpaqueFunction:
+    """One machine holding both sides (the demo launch): make the key ring's cloud key and enrol the robot's
+    edge id if they are missing, as ``eclm-ros keys init <edge id>`` would, before the nodes start."""
+
+    def make(context: LaunchContext) -> list:
+        args = context.launch_configurations
+        ring = KeyRing.at(args["keys_dir"])
+        ring.init_cloud()
+        ring.enrol(args["edge_id"] or args[namespace].strip("/").replace("/", "_"))
+        return []
+
+    return OpaqueFunction(function=make)

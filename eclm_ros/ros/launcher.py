@@ -92,12 +92,25 @@ class Recorder:
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(f"eclm_recorder_{os.getpid()}", context=self.context)
         self.received: dict[str, list] = {topic: [] for topic in subscriptions}
+        self.receive_ns: dict[str, list[int]] = {topic: [] for topic in subscriptions}  # wall clock, per message
         for topic, (msg_type, qos) in subscriptions.items():
-            self.node.create_subscription(msg_type, topic, self.received[topic].append, qos)
+            self.node.create_subscription(msg_type, topic, self._keeper(topic), qos)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
+
+    def _keeper(self, topic: str):
+        received, stamps = self.received[topic], self.receive_ns[topic]
+
+        def keep(msg) -> None:
+            stamps.append(time.time_ns())
+            received.append(msg)
+        return keep
+
+    def timed(self, topic: str) -> list[tuple[int, object]]:
+        """(receive time ns, message) of every message of ``topic`` so far."""
+        return list(zip(self.receive_ns[topic], self.received[topic]))
 
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException

@@ -61,6 +61,8 @@ class Param:
 MiB = 1024 * 1024
 CLOUD_NAMESPACE = Param("cloud_namespace", "/eclm", "namespace of the cloud coordinator's topics and services",
                         read_only=True)
+KEYS_DIR = Param("keys_dir", "", "this machine's key ring, made by 'eclm-ros keys' ('' = $ECLM_ROS_KEYS, else "
+                 "~/.config/eclm_ros/keys)", read_only=True)
 AUTOSTART = Param("autostart", True, "configure and activate at start-up; false: wait unconfigured for a "
                   "lifecycle manager (ros2 lifecycle set, nav2_lifecycle_manager, launch lifecycle:=launch)",
                   read_only=True)
@@ -84,10 +86,13 @@ EDGE_LEARNER = (
     Param("max_queued_batches", 32, "uploads kept while the cloud is unreachable (oldest dropped first)", 1, 100_000),
     Param("bn_momentum", 0.01, "per-frame EMA of BatchNorm statistics (forward-only adaptation)", 0.0, 1.0,
           low_open=True, read_only=True),
-    Param("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; when set, unsigned or wrongly signed "
-          "updates are refused", read_only=True),
-    Param("private_key", "", "PEM file of this edge's Ed25519 key that signs its uploads ('' = unsigned; a "
-          "cloud with edge keys refuses them)", read_only=True),
+    KEYS_DIR,
+    Param("insecure", False, "lab only: start without keys, applying unsigned updates and sending unsigned "
+          "uploads (keys found are still used)", read_only=True),
+    Param("cloud_public_key", "", "PEM file of the cloud's Ed25519 key; unsigned or wrongly signed updates are "
+          "refused ('' = cloud.pub in keys_dir)", read_only=True),
+    Param("private_key", "", "PEM file of this edge's Ed25519 key that signs its uploads ('' = "
+          "edge-<edge_id>.pem in keys_dir)", read_only=True),
     Param("max_update_bytes", 64 * MiB, "largest update accepted", 1, BIG),
     CLOUD_NAMESPACE,
     Param("register_period_s", 5.0, "re-registration heartbeat: a restarted cloud is noticed within this time",
@@ -123,9 +128,13 @@ CLOUD_COORDINATOR = (
     Param("labels_path", "", "labels of imported models that carry none in their metadata, one per line",
           read_only=True),
     Param("state_dir", "", "where per-edge state is saved and restored ('' = not persisted)", read_only=True),
-    Param("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = unsigned)", read_only=True),
-    Param("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem); when set, only uploads "
-          "and modules their edge signed are learned from ('' = any)", read_only=True),
+    KEYS_DIR,
+    Param("insecure", False, "lab only: start without keys, sending unsigned updates and learning from any "
+          "upload (keys found are still used)", read_only=True),
+    Param("private_key", "", "PEM file of the Ed25519 key that signs updates ('' = cloud.pem in keys_dir)",
+          read_only=True),
+    Param("edge_keys_dir", "", "directory of enrolled edges' public keys (<edge_id>.pem): only uploads and "
+          "modules their edge signed are learned from ('' = edges/ in keys_dir)", read_only=True),
     Param("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module integration) or "
           "eclm_ros (+ECAvg merge rounds across edges)", choices=("distil", "compose", "eclm_ros"), read_only=True),
     Param("update_encoding", "fp16", "tensor encoding of affine updates (a smaller one when the downlink needs it)",

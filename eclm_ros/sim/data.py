@@ -1,14 +1,19 @@
-"""Data sources: Fashion-MNIST from Debian's package, an image folder, a video file or webcam.
+"""Data sources: Fashion-MNIST from Debian's package, a user's image folder, a video file or webcam.
 
-Everything loads from local files: robots and CI machines have no route to a data hub.
+A ``Dataset`` is what ``eclm-ros train`` learns from and ``eclm-ros bench`` streams (its test split only):
+Fashion-MNIST by default, or a user's folder ``DIR/train/<class>/*``, ``DIR/test/<class>/*`` of any size,
+class count, grey or colour. Everything loads from local files: robots and CI machines have no route to a
+data hub.
 """
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -100,11 +105,108 @@ class ImageFolder:
             raise DataFormatError(f"{path} cannot be decoded as an image")
         return (img if self.grayscale else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)), label
 
-    def arrays(self, size: int = 28) -> tuple[np.ndarray, np.ndarray]:
-        """All images resized to size x size grey, as one array (for the world stream)."""
-        imgs = [cv2.resize(self[i][0] if self.grayscale else cv2.cvtColor(self[i][0], cv2.COLOR_RGB2GRAY),
-                           (size, size), interpolation=cv2.INTER_AREA) for i in range(len(self))]
-        return np.stack(imgs), np.array([lbl for _, lbl in self.samples], dtype=np.int64)
+    def arrays(self, input_size: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Every image as one uint8 array: [N,H,W] when all are grey, else [N,H,W,3] RGB; at ``input_size``
+        (height, width), or at the images' own size, which must then be the same for all of them."""
+        images = [self[i][0] for i in range(len(self))]
+        grey = all(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2])
+                   for img in images)
+        images = [img[..., 0] if grey else img for img in images]
+        if input_size is not None:
+            h, w = input_size
+            images = [img if img.shape[:2] == (h, w) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+                      for img in images]
+        sizes = {img.shape[:2] for img in images}
+        if len(sizes) > 1:
+            first, other = sorted(sizes)[:2]
+            raise DataFormatError(
+                f"{self.root}: images of different sizes (e.g. {first[0]}x{first[1]} and {other[0]}x{other[1]}, "
+                f"height x width): give one size to resize them all to (eclm-ros: --input-size H,W)")
+        return np.stack(images), np.array([lbl for _, lbl in self.samples], dtype=np.int64)
+
+    def digest(self) -> str:
+        """A hash of the folder's contents (names, classes, bytes): models trained on it are cached under it."""
+        h = hashlib.sha256()
+        for path, label in self.samples:
+            h.update(f"{path.relative_to(self.root)}\0{label}\0".encode())
+            h.update(path.read_bytes())
+        return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled image set in a train and a test split, and the model input it implies (size, channels, its
+    train split's normalisation, its classes). ``key`` names the cache folder of models trained on it; ""
+    for Fashion-MNIST, the defaults' own data."""
+
+    description: ModelDescription
+    source: str  # how it was made, for manifests
+    key: str
+    _load: Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images [N,H,W] or [N,H,W,3] and int64 labels of ``train`` or ``test``."""
+        if name not in _FILES:
+            raise ValueError(f"split must be 'train' or 'test', got {name!r}")
+        return self._load(name)
+
+
+def fashion_mnist() -> Dataset:
+    """The default data: Fashion-MNIST's 60k train and 10k test images."""
+    return Dataset(fashion_mnist_description(), "Fashion-MNIST train split (Debian dataset-fashion-mnist)", "",
+                   load_fashion_mnist)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """"H,W" (or one number for a square) -> (height, width); ValueError naming the form otherwise."""
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 8:
+        raise ValueError(f"an input size is H,W (e.g. 32,32), each at least 8 pixels; got {text!r}")
+    return values
+
+
+def image_folder(root: Path | str, input_size: tuple[int, int] | None = None) -> Dataset:
+    """A user's data set ``root/train/<class>/*`` and ``root/test/<class>/*``: the same classes in both, images
+    of one size (or resized to ``input_size``); grey when every image is, else RGB. Read once, here, so a bad
+    file is reported before any training starts."""
+    root = Path(root)
+    folders = {}
+    for split in _FILES:
+        if not (root / split).is_dir():
+            raise DataNotFoundError(f"{root / split} does not exist: a data folder holds train/<class>/<image> and "
+                                    f"test/<class>/<image>")
+        folders[split] = ImageFolder(root / split, grayscale=False)
+    classes = folders["train"].classes
+    if folders["test"].classes != classes:
+        raise DataFormatError(f"{root}: train has classes {classes} but test has {folders['test'].classes}; both "
+                              f"need the same class folders")
+    if len(classes) < 2:
+        raise DataFormatError(f"{root / 'train'}: one class folder ({classes[0]}); a classifier needs at least two")
+    train = folders["train"].arrays(input_size)
+    test = folders["test"].arrays(input_size or train[0].shape[1:3])
+    if (train[0].ndim == 4) != (test[0].ndim == 4):
+        train, test = (_rgb(train), _rgb(test))
+    pixels = train[0].reshape(len(train[0]), -1, 3 if train[0].ndim == 4 else 1).astype(np.float64) / 255.0
+    mean, std = pixels.mean(axis=(0, 1)), pixels.std(axis=(0, 1)).clip(min=1e-3)
+    description = ModelDescription(tuple(int(v) for v in train[0].shape[1:3]), 1 if train[0].ndim == 3 else 3,
+                                   tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std),
+                                   tuple(classes))
+    digest = hashlib.sha256("".join(f.digest() for f in folders.values()).encode()).hexdigest()[:12]
+    size = "x".join(str(v) for v in description.input_size)
+    source = (f"image folder {root.resolve()} ({len(train[1])} train / {len(test[1])} test images, {len(classes)} "
+              f"classes, {size} {'grey' if description.channels == 1 else 'RGB'}, contents sha256 {digest})")
+    splits = {"train": train, "test": test}
+    return Dataset(description, source, f"{root.resolve().name}-{size}-{digest}", splits.__getitem__)
+
+
+def _rgb(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = split
+    return (np.repeat(images[..., None], 3, axis=3) if images.ndim == 3 else images), labels
 
 
 class VideoSource:

@@ -32,7 +32,7 @@ class CameraStream(Node):
             x, y = load_fashion_mnist("test")
             self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"], p["world"])
         elif self.source == "folder":
-            x, y = ImageFolder(p["path"]).arrays()
+            x, y = ImageFolder(p["path"], grayscale=False).arrays((size[1], size[0]))
             self.world = WorldStream(x, y, parse_schedule(p["schedule"]), p["seed"], p["world"])
         elif self.source == "bag":
             self.world = None

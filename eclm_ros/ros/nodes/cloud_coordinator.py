@@ -14,7 +14,7 @@ from ...core import checkpoint
 from ...core.coordinator import Coordinator, CoordinatorConfig
 from ...core.messages import Registration
 from ...core.model_import import InputSpec, load_model
-from ...core.signing import EdgeKeys, load_private_key
+from ...core.signing import KeyRing, cloud_keys
 from ...core.strategies import make_strategy
 from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
 from ...srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
@@ -43,8 +43,12 @@ class CloudCoordinator(ManagedNode):
         fix = "run 'eclm-ros train' (or set model_path to a trained checkpoint)"
         cloud = load_model(path, InputSpec(p["labels_path"]), fix=fix)
         student = load_model(p["edge_model_path"], InputSpec(p["labels_path"])) if p["edge_model_path"] else None
-        private_key = load_private_key(p["private_key"]) if p["private_key"] else None
-        edge_keys = EdgeKeys(p["edge_keys_dir"]) if p["edge_keys_dir"] else None
+        private_key, edge_keys = cloud_keys(KeyRing.at(p["keys_dir"]), p["private_key"], p["edge_keys_dir"],
+                                            p["insecure"])
+        gaps = [gap for gap, key in (("updates are unsigned", private_key), ("any upload teaches the cloud",
+                                                                            edge_keys)) if key is None]
+        if gaps:
+            self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         self.coordinator = Coordinator(
             make_strategy(p["strategy"], cloud, student), DdsCloudLink(self, ""),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),

@@ -14,7 +14,7 @@ from ...core.edge_agent import EdgeAgent, EdgeConfig
 from ...core.edge_runtime import make_runtime
 from ...core.messages import Profile
 from ...core.model_import import InputSpec, describe_input, load_model
-from ...core.signing import load_private_key, load_public_key
+from ...core.signing import KeyRing, edge_keys
 from ...msg import BandwidthEstimate, ModelUpdate, Prediction
 from ..lifecycle import ManagedNode
 from ..links import DdsEdgeLink, edge_id_for, updates_topic
@@ -45,8 +45,12 @@ class EdgeLearner(ManagedNode):
         model = load_model(path, spec, fix="run 'eclm-ros train' (or set model_path to a trained checkpoint)")
         config = EdgeConfig(edge_id=edge_id_for(self, p["edge_id"]), profile=self._profile(p.values),
                             local_batch=p["local_batch"], **{k: p[k] for k in RUNTIME_SETTINGS})
-        cloud_key = load_public_key(p["cloud_public_key"]) if p["cloud_public_key"] else None
-        private_key = load_private_key(p["private_key"]) if p["private_key"] else None
+        cloud_key, private_key = edge_keys(KeyRing.at(p["keys_dir"]), config.edge_id, p["cloud_public_key"],
+                                           p["private_key"], p["insecure"])
+        gaps = [gap for gap, key in (("unsigned updates are applied", cloud_key), ("uploads are unsigned",
+                                                                                  private_key)) if key is None]
+        if gaps:
+            self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         runtime = make_runtime(p["runtime"], model.model, p["bn_momentum"], p["runtime_threads"],
                                model.description.input_shape())
         self.agent = EdgeAgent(runtime, model.description, DdsEdgeLink(self, p["cloud_namespace"]), config,
