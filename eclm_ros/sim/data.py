@@ -191,8 +191,7 @@ def image_folder(root: Path | str, input_size: tuple[int, int] | None = None) ->
     test = folders["test"].arrays(input_size or train[0].shape[1:3])
     if (train[0].ndim == 4) != (test[0].ndim == 4):
         train, test = (_rgb(train), _rgb(test))
-    pixels = train[0].reshape(len(train[0]), -1, 3 if train[0].ndim == 4 else 1).astype(np.float64) / 255.0
-    mean, std = pixels.mean(axis=(0, 1)), pixels.std(axis=(0, 1)).clip(min=1e-3)
+    mean, std = _channel_stats(train[0])
     description = ModelDescription(tuple(int(v) for v in train[0].shape[1:3]), 1 if train[0].ndim == 3 else 3,
                                    tuple(round(float(v), 4) for v in mean), tuple(round(float(v), 4) for v in std),
                                    tuple(classes))
@@ -202,6 +201,19 @@ def image_folder(root: Path | str, input_size: tuple[int, int] | None = None) ->
               f"classes, {size} {'grey' if description.channels == 1 else 'RGB'}, contents sha256 {digest})")
     splits = {"train": train, "test": test}
     return Dataset(description, source, f"{root.resolve().name}-{size}-{digest}", splits.__getitem__)
+
+
+def _channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std on the 0..1 scale, in chunks (a float copy of a large set would not fit)."""
+    channels = 3 if images.ndim == 4 else 1
+    total, squares = np.zeros(channels), np.zeros(channels)
+    for i in range(0, len(images), chunk):
+        x = images[i:i + chunk].reshape(-1, channels).astype(np.float64) / 255.0
+        total += x.sum(axis=0)
+        squares += (x * x).sum(axis=0)
+    n = images.size // channels
+    mean = total / n
+    return mean, np.sqrt(np.maximum(squares / n - mean * mean, 0.0)).clip(min=1e-3)
 
 
 def _rgb(split: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
