@@ -41,7 +41,9 @@ class System:
 
     def start(self, name: str, namespace: str) -> NodeProcess:
         if name == "edge_learner":  # enrolled under the id its namespace gives it
-            self.ring.enrol(self.params[name].get("edge_id") or namespace.strip("/").replace("/", "_"))
+            from eclm_ros.ros.links import edge_id_from
+
+            self.ring.enrol(edge_id_from(namespace, self.params[name].get("edge_id", "")))
         path = self.tmp / f"{name}-{len(self.procs)}.yaml"  # each process its own: they read it at start-up
         path.write_text(yaml.safe_dump({f"/**/{name}": {"ros__parameters": self.params[name]}}))
         proc = NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={namespace}",

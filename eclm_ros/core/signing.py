@@ -100,10 +100,15 @@ class EdgeKeys:
         key = self.keys.get(edge_id)
         if key is None:
             path = self.directory / f"{edge_id}.pem"
-            if not edge_id or "/" in edge_id or edge_id.startswith(".") or not path.is_file():
+            if not _names_a_key_file(edge_id) or not path.is_file():
                 raise SignatureError(f"no enrolled key for edge {edge_id!r} (expected {path})")
             key = self.keys[edge_id] = load_public_key(path)
         verify(key, data, signature)
+
+
+def _names_a_key_file(edge_id: str) -> bool:
+    """An edge id that stays inside the key folder (no path separators, no hidden or parent names)."""
+    return bool(edge_id) and "/" not in edge_id and not edge_id.startswith(".")
 
 
 def verify(public_key: Ed25519PublicKey, data: bytes, signature: bytes) -> None:
@@ -161,7 +166,7 @@ class KeyRing:
 
     def enrol(self, edge_id: str) -> bool:
         """An edge's key pair, its public half where the cloud reads it; False when it is already enrolled."""
-        if not edge_id or "/" in edge_id or edge_id.startswith("."):
+        if not _names_a_key_file(edge_id):
             raise SignatureError(f"edge id {edge_id!r} cannot name a key file")
         self.edges.mkdir(parents=True, exist_ok=True)
         if self.edge_private(edge_id).is_file() and self.edge_public(edge_id).is_file():

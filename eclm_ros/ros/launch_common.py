@@ -20,6 +20,7 @@ from launch_ros.events.lifecycle import ChangeState
 from lifecycle_msgs.msg import Transition
 
 from ..core.signing import KeyRing
+from .links import edge_id_from
 from .params import CLOUD_NAMESPACE
 
 PROFILE_VARIABLE = "FASTDDS_DEFAULT_PROFILES_FILE"
@@ -111,7 +112,7 @@ def enrol_keys(namespace: str) -> OpaqueFunction:
         args = context.launch_configurations
         ring = KeyRing.at(args["keys_dir"])
         ring.init_cloud()
-        ring.enrol(args["edge_id"] or args[namespace].strip("/").replace("/", "_"))
+        ring.enrol(edge_id_from(args[namespace], args["edge_id"]))
         return []
 
     return OpaqueFunction(function=make)

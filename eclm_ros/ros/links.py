@@ -18,9 +18,14 @@ EDGE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
 
 def edge_id_for(node, configured: str) -> str:
-    """The configured edge id, or the node's namespace as one ("/robot1" -> "robot1", "/fleet/r2" ->
-    "fleet_r2"); ValueError when it cannot name a topic."""
-    edge_id = configured or node.get_namespace().strip("/").replace("/", "_")
+    """The edge id of an edge-side node (see ``edge_id_from``)."""
+    return edge_id_from(node.get_namespace(), configured)
+
+
+def edge_id_from(namespace: str, configured: str = "") -> str:
+    """The configured edge id, or the namespace as one ("/robot1" -> "robot1", "/fleet/r2" -> "fleet_r2");
+    ValueError when it cannot name a topic."""
+    edge_id = configured or namespace.strip("/").replace("/", "_")
     if not EDGE_ID.match(edge_id):
         raise ValueError(f"edge_id {edge_id!r} refused: set edge_id or a namespace; it names a topic, so letters, "
                          f"digits and _ only, starting with a letter")
