@@ -50,7 +50,7 @@ def cli(argv: list[str]) -> int:
             missing = [e for e in args.edge_ids if not ring.revoke(e)]
             if missing:
                 parser.exit(1, f"eclm-ros keys: not enrolled: {', '.join(missing)}\n")
-    except (SignatureError, OSError) as exc:
+        print("\n".join(_listing(ring)))
+    except (SignatureError, OSError) as exc:  # e.g. a damaged key file in the ring
         parser.exit(1, f"eclm-ros keys: {exc}\n")
-    print("\n".join(_listing(ring)))
     return 0

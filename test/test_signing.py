@@ -74,6 +74,10 @@ def test_keys_command_fills_a_key_ring_the_nodes_read_and_keeps_what_exists(tmp_
     with pytest.raises(SystemExit) as exc:
         main(["keys", "--dir", str(ring.root), "revoke", "robot2"])
     assert exc.value.code == 1 and "not enrolled: robot2" in capsys.readouterr().err
+    ring.cloud_public.write_text("damaged")
+    with pytest.raises(SystemExit) as exc:
+        main(["keys", "--dir", str(ring.root), "list"])
+    assert exc.value.code == 1 and "cannot load public key" in capsys.readouterr().err
 
 
 def test_nodes_without_keys_are_told_the_command_unless_in_lab_mode(tmp_path, monkeypatch):
