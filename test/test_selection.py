@@ -57,8 +57,10 @@ def test_entropy_and_codec_round_trip():
     with pytest.raises(ValueError, match="frame 0: not a PNG or JPEG"):
         decode_frames([b"junk"])
     png = encode_frames(imgs[:1])[0]
-    with pytest.raises(ValueError, match="do not decode as the 28x28"):
+    with pytest.raises(ValueError, match="PNG chunk at byte 33 claims"):  # truncated
         decode_frames([png[:60]])
+    with pytest.raises(ValueError, match="do not decode as the 28x28"):  # the pixel data (IDAT) zeroed
+        decode_frames([png[:41] + bytes(len(png) - 57) + png[-16:]])
     forged = png[:16] + (5000).to_bytes(4, "big") * 2 + png[24:]  # a 5000x5000 header: 25 M pixels
     with pytest.raises(ValueError, match="5000x5000 pixels refused"):
         decode_frames([forged])

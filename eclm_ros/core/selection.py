@@ -183,8 +183,15 @@ _JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0
 
 def image_size(blob: bytes) -> tuple[int, int]:
     """(width, height) from a PNG or JPEG header, read before anything is decoded; ValueError for any other
-    bytes (OpenCV would try every format it knows on them)."""
+    bytes (OpenCV would try every format it knows on them) and for a PNG chunk that claims more bytes than
+    follow it (OpenCV's PNG reader allocates what a chunk claims: 1.1 GB for 72 forged bytes here)."""
     if blob[:8] == _PNG and blob[12:16] == b"IHDR" and len(blob) >= 24:
+        i = 8
+        while i + 8 <= len(blob) and blob[i + 4:i + 8] != b"IEND":
+            length = int.from_bytes(blob[i:i + 4], "big")
+            if i + 12 + length > len(blob):
+                raise ValueError(f"PNG chunk at byte {i} claims {length} bytes, {len(blob) - i - 12} follow")
+            i += 12 + length
         return int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
     if blob[:2] != _JPEG:
         raise ValueError("not a PNG or JPEG image")

@@ -29,6 +29,7 @@ _BLOB_MAGIC = b"ECLMTB1\0"
 _MAX_HEADER = 16 * 1024 * 1024
 _INT32 = (-2**31, 2**31 - 1)  # msg/TensorSpec.msg's zero_point
 _FLOAT32_MAX = float(np.finfo(np.float32).max)  # and its scale
+_INT64_MAX, _MAX_DIMS = 2**63 - 1, 32  # what numpy can shape an array into
 
 
 class CodecError(ValueError):
@@ -93,8 +94,9 @@ class Bundle:
     def signed_parts(self) -> list[bytes]:
         """What an upload signature covers of a bundle: every field that decides how the payload decodes (the
         int8 scale as it reads after the float32 wire encoding, so sender and receiver agree) and the payload."""
-        specs = [[s.name, s.dtype, list(s.shape), s.encoding, float(np.float32(s.scale)), int(s.zero_point),
-                  int(s.offset), int(s.length)] for s in self.specs]
+        with np.errstate(over="ignore"):  # a forged scale beyond float32 is signed as inf (and refused by unpack)
+            specs = [[s.name, s.dtype, list(s.shape), s.encoding, float(np.float32(s.scale)), int(s.zero_point),
+                      int(s.offset), int(s.length)] for s in self.specs]
         header = json.dumps([self.compression, int(self.raw_size), self.digest, specs], separators=(",", ":"))
         return [header.encode(), bytes(self.payload)]
 
@@ -204,8 +206,9 @@ def _check_spec(spec: TensorSpec, raw_size: int) -> None:
         raise CodecError(f"tensor {spec.name!r}: int8 scale {spec.scale} is not a positive finite float32")
     if not _INT32[0] <= spec.zero_point <= _INT32[1]:
         raise CodecError(f"tensor {spec.name!r}: zero point {spec.zero_point} does not fit the wire's int32")
-    if any(d < 0 for d in spec.shape):
-        raise CodecError(f"tensor {spec.name!r}: negative dimension in shape {spec.shape}")
+    if len(spec.shape) > _MAX_DIMS or any(not 0 <= d <= _INT64_MAX for d in spec.shape):
+        raise CodecError(f"tensor {spec.name!r}: shape {spec.shape[:8]} has a negative dimension, one beyond "
+                         f"int64 or more than {_MAX_DIMS} dimensions")
     if spec.count * _wire_itemsize(spec) != spec.length:
         raise CodecError(f"tensor {spec.name!r}: shape {spec.shape} needs "
                          f"{spec.count * _wire_itemsize(spec)} bytes, spec says {spec.length}")
