@@ -10,6 +10,7 @@ input; ``eclm-ros bench-faults --fuzz-examples N`` runs N each and counts crashe
 """
 from __future__ import annotations
 
+import logging
 import math
 import resource
 import tempfile
@@ -182,6 +183,13 @@ class Context:
         save_key_pair(self.edge_key, self.tmp / "edge.pem", self.tmp / "edges" / f"{EDGE}.pem")
         self.edge_keys = EdgeKeys(self.tmp / "edges")
         self.seq = int(time.time_ns() // 1000)
+        self.log = logging.getLogger("eclm_ros.fuzz")  # thousands of refusals: counted, not printed
+        self.log.propagate = False
+        self.log.addHandler(logging.NullHandler())
+
+    def build(self) -> None:
+        """Build the cloud and the edge now, so that no example's time includes it."""
+        _ = self.coordinator, self.agent  # cached properties: built on first access
 
     @cached_property
     def coordinator(self):
@@ -193,7 +201,8 @@ class Context:
         from ..core.transport import InMemoryNetwork, SimClock
 
         net = InMemoryNetwork(SimClock())
-        cloud = Coordinator(make_strategy("eclm_ros", checkpoint.load(self.cloud_model)), net.cloud_link())
+        cloud = Coordinator(make_strategy("eclm_ros", checkpoint.load(self.cloud_model)), net.cloud_link(),
+                            log=self.log)
         reply = cloud.register(Registration(EDGE, Profile(), 0))
         self.served_spec = reply.submodel_spec
         return cloud
@@ -214,7 +223,7 @@ class Context:
         ckpt = checkpoint.load(self.edge_model)
         return EdgeAgent(make_runtime("torch", ckpt.model), ckpt.description,
                          InMemoryNetwork(SimClock()).connect(EDGE), EdgeConfig(edge_id=EDGE, max_update_bytes=1 << 20),
-                         cloud_key=self.cloud_key.public_key(), threaded=False)
+                         cloud_key=self.cloud_key.public_key(), log=self.log, threaded=False)
 
 
 def _codec(ctx: Context, blob: bytes) -> object:
