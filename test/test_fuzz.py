@@ -45,10 +45,10 @@ def test_bundle_headers_the_fuzzer_found_are_codec_errors(blob, reason):
         codec.Bundle.from_bytes(blob)
 
 
-@pytest.mark.parametrize("shape", [(2**40, 2**40), (2**70,), (0, 2**64)])
+@pytest.mark.parametrize("shape", [(2**40, 2**40), (2**70,), (0, 2**64), (0, 2**31 - 1, 2**31 - 1)])
 def test_a_forged_shape_is_refused_before_numpy_sees_it(shape):
     """Counted in int64 the first wrapped around to 0 elements, matching an empty payload; the others
-    overflowed numpy ('Python int too large', 'Maximum allowed dimension exceeded')."""
+    overflowed numpy ('Python int too large', 'Maximum allowed dimension exceeded', 'array is too big')."""
     payload = b""
     bundle = codec.Bundle((codec.TensorSpec("x", "float32", shape, "raw", 0.0, 0, 0, 0),), payload, "none", 0,
                           codec.digest(payload))

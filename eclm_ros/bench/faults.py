@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import threading
 import time
@@ -26,7 +25,7 @@ import yaml
 
 from ..core.checkpoint import default_path
 from ..core.signing import KeyRing
-from ..ros.launcher import NodeProcess, Recorder, node_executable, wait_for
+from ..ros.launcher import NodeProcess, Recorder, clean_shared_memory, node_executable, wait_for
 from ..ros.links import edge_id_from
 from .report import Tables, markdown_tables, print_tables
 
@@ -504,12 +503,6 @@ def edge_flood(rig: Rig, rounds: int = 40, oversized_mb: float = 4.0) -> FaultRe
 
 
 SCENARIOS = ("cloud_kills", "edge_kills", "disk_full", "clock_jumps", "upload_flood", "edge_flood")
-
-
-def clean_shared_memory() -> None:
-    """Free the Fast DDS shared-memory segments SIGKILLed nodes leave behind (64 MB of RAM each)."""
-    if shutil.which("fastdds"):
-        subprocess.run(["fastdds", "shm", "clean"], capture_output=True, timeout=120, check=False)
 
 
 def run_scenario(name: str, out: Path, cache: Path, repetitions: int, seed: int = 0) -> FaultResult | str:

@@ -206,9 +206,12 @@ def _check_spec(spec: TensorSpec, raw_size: int) -> None:
         raise CodecError(f"tensor {spec.name!r}: int8 scale {spec.scale} is not a positive finite float32")
     if not _INT32[0] <= spec.zero_point <= _INT32[1]:
         raise CodecError(f"tensor {spec.name!r}: zero point {spec.zero_point} does not fit the wire's int32")
-    if len(spec.shape) > _MAX_DIMS or any(not 0 <= d <= _INT64_MAX for d in spec.shape):
-        raise CodecError(f"tensor {spec.name!r}: shape {spec.shape[:8]} has a negative dimension, one beyond "
-                         f"int64 or more than {_MAX_DIMS} dimensions")
+    # numpy shapes an array only if its non-zero dimensions multiply to a byte size that fits int64, even
+    # when another dimension is 0
+    if len(spec.shape) > _MAX_DIMS or any(d < 0 for d in spec.shape) \
+            or math.prod(max(d, 1) for d in spec.shape) > _INT64_MAX // 8:
+        raise CodecError(f"tensor {spec.name!r}: shape {spec.shape[:8]} has a negative dimension, more than "
+                         f"{_MAX_DIMS} dimensions or more elements than numpy can address")
     if spec.count * _wire_itemsize(spec) != spec.length:
         raise CodecError(f"tensor {spec.name!r}: shape {spec.shape} needs "
                          f"{spec.count * _wire_itemsize(spec)} bytes, spec says {spec.length}")
