@@ -16,6 +16,7 @@ import resource
 import tempfile
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
@@ -28,7 +29,7 @@ from ..core import tensor_codec as codec
 from ..core.chunking import ChunkError, Reassembler, split
 from ..core.messages import (KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE, ModelUpdate, Profile, Registration,
                              UpdateHeader)
-from ..core.selection import decode_frames, encode_frames
+from ..core.selection import decode_frames
 from ..core.signing import EdgeKeys, SignatureError, generate_key, save_key_pair, sign
 from ..core.updates import UpdateRejected, check_update, signature_for
 
@@ -128,7 +129,7 @@ def _forged_bundles():
                      st.floats(), _sizes(), _sizes(), _sizes())
 
     def build(specs, payload, compress, raw_size):
-        payload = codec.zlib.compress(payload) if compress else payload
+        payload = zlib.compress(payload) if compress else payload
         return codec.Bundle(tuple(specs), payload, "zlib" if compress else "none", raw_size, codec.digest(payload))
     return st.builds(build, st.lists(spec, max_size=4), st.binary(max_size=256), st.booleans(),
                      st.one_of(_sizes(), st.integers(0, 256)))
@@ -155,7 +156,7 @@ def _forged_header(fmt: str, width: int, height: int) -> bytes:
     """A PNG or JPEG whose header claims ``width`` x ``height`` over too little data."""
     if fmt == "png":
         ihdr = b"IHDR" + width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
-        return (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + codec.zlib.crc32(ihdr).to_bytes(4, "big")
+        return (b"\x89PNG\r\n\x1a\n" + (13).to_bytes(4, "big") + ihdr + zlib.crc32(ihdr).to_bytes(4, "big")
                 + bytes(64))
     return b"\xff\xd8\xff\xc0\x00\x11\x08" + height.to_bytes(2, "big") + width.to_bytes(2, "big") + bytes(64)
 

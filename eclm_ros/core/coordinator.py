@@ -403,7 +403,7 @@ class Coordinator:
         self._running.clear()
         if self._worker is not None:
             self._worker.join(timeout=0.5)
-        if self.state_dir is not None and not self.save(wait_s=0.5):
+        if self.state_dir is not None and not self.save(wait_s=0.5) and not self.save_error:
             self.log.warning("stopping mid learning step: keeping the state saved last")
 
 
