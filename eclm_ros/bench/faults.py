@@ -206,8 +206,7 @@ def cloud_kills(rig: Rig, kills: int, seed: int = 0, edges: tuple[str, ...] = ("
         loads += saved is not None
         result.expect(saved is not None, "the state file did not load after a SIGKILL")
         counted = len(rig.predictions(edges[0]))
-        time.sleep(1.0)
-        result.expect(len(rig.predictions(edges[0])) > counted, "an edge stopped serving when the cloud died")
+        wait_for(lambda: len(rig.predictions(edges[0])) > counted + 10, 60, "frames served while the cloud is dead")
         cloud = rig.start("cloud_coordinator", CLOUD_NS)
         result.recovered_s.append(_serving(rig, edges, at_kill, 120, f"edges beyond versions {at_kill}"))
         if saved is not None:  # the restarted cloud's own saves carry on from the file it found
@@ -332,9 +331,8 @@ def clock_jumps(rig: Rig, jumps: tuple[float, ...] = (3600.0, -1800.0, 86400.0, 
             t0 = time.monotonic()
             _serving(rig, ["robot1"], {"robot1": before}, 120, f"an update after a clock jump of {jump:+.0f} s")
             result.recovered_s.append(time.monotonic() - t0)
-            stamp = rig.predictions("robot1")[-1].header.stamp.sec  # the camera stamps frames with its ROS clock
-            result.expect(abs(stamp - sim["t"]) < 30, f"frames stamped {stamp}, /clock says {sim['t']:.0f}: "
-                                                      f"use_sim_time did not take hold")
+            wait_for(lambda: abs(rig.predictions("robot1")[-1].header.stamp.sec - sim["t"]) < 30, 60,
+                     "frames stamped by the jumped /clock (the camera stamps with its ROS clock)")
             link = rig.diagnostics("edge_learner", "cloud link")
             result.expect(link is not None and link[0] == 0, f"the edge is not registered after a {jump:+.0f} s jump")
             result.repetitions += 1
