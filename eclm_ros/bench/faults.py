@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import random
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -500,7 +501,56 @@ def edge_flood(rig: Rig, rounds: int = 40, oversized_mb: float = 4.0) -> FaultRe
     return result
 
 
-SCENARIOS = ("cloud_kills", "edge_kills", "disk_full", "clock_jumps", "upload_flood", "edge_flood")
+def _save_loop(state_dir: Path, cache: Path) -> None:
+    """A cloud with one registered edge that saves its state as fast as it can until it is killed."""
+    from ..core import checkpoint
+    from ..core.coordinator import Coordinator
+    from ..core.messages import Profile, Registration
+    from ..core.strategies import make_strategy
+    from ..core.transport import InMemoryNetwork, SimClock
+
+    cloud = Coordinator(make_strategy("eclm_ros", checkpoint.load(default_path("cloud", True, cache))),
+                        InMemoryNetwork(SimClock()).cloud_link(), state_dir=state_dir)
+    cloud.register(Registration("robot1", Profile(), 0))
+    cloud.save()
+    (state_dir / "saving").touch()
+    while True:
+        cloud.save()
+
+
+def save_kills(out: Path, cache: Path, kills: int, seed: int = 0) -> FaultResult:
+    """SIGKILL a process that saves the cloud's state in a tight loop, at random moments, and load what it
+    left: write, fsync, rename, fsync of the folder means a kill mid-write leaves the previous file, whole."""
+    import torch
+
+    result, rng = FaultResult("SIGKILL of a cloud saving its state in a loop"), random.Random(seed)
+    state = out / "state"
+    state.mkdir(parents=True, exist_ok=True)
+    loads = 0
+    for i in range(kills):
+        (state / "saving").unlink(missing_ok=True)
+        proc = NodeProcess([sys.executable, "-m", "eclm_ros.bench.faults", "save-loop", str(state), str(cache)],
+                           out / f"save-loop-{i}.log")
+        wait_for(lambda: (state / "saving").exists() or not proc.alive(), 120, "the save loop")
+        time.sleep(rng.uniform(0.0, 1.0))
+        result.crashes += not proc.alive()
+        if proc.alive():
+            import psutil
+
+            result.max_rss_mb = max(result.max_rss_mb, psutil.Process(proc.proc.pid).memory_info().rss / 2**20)
+        proc.kill()
+        try:
+            torch.load(state / STATE_FILE, map_location="cpu", weights_only=True)
+            loads += 1
+        except Exception as exc:
+            result.problems.append(f"kill {i}: the state file does not load ({type(exc).__name__}: {exc})")
+        result.repetitions += 1
+    result.state_loads = f"{loads}/{kills}"
+    result.notes = f"kills 0-1 s into the loop; state file {(state / STATE_FILE).stat().st_size / 2**20:.1f} MB"
+    return result
+
+
+SCENARIOS = ("cloud_kills", "edge_kills", "save_kills", "disk_full", "clock_jumps", "upload_flood", "edge_flood")
 
 
 def run_scenario(name: str, out: Path, cache: Path, repetitions: int, seed: int = 0) -> FaultResult | str:
@@ -512,6 +562,8 @@ def run_scenario(name: str, out: Path, cache: Path, repetitions: int, seed: int 
 
     if name == "disk_full":
         return disk_full(rig, out)
+    if name == "save_kills":
+        return save_kills(out, cache, repetitions, seed)
     r = rig()
     try:
         run = {"cloud_kills": lambda: cloud_kills(r, repetitions, seed),
@@ -535,7 +587,7 @@ def run_scenario(name: str, out: Path, cache: Path, repetitions: int, seed: int 
 
 
 # -- the command ----------------------------------------------------------------------------------------------
-DEFAULT_REPETITIONS = {"cloud_kills": 10, "edge_kills": 5, "disk_full": 1, "clock_jumps": 1, "upload_flood": 5000,
+DEFAULT_REPETITIONS = {"cloud_kills": 10, "edge_kills": 5, "save_kills": 20, "disk_full": 1, "clock_jumps": 1, "upload_flood": 5000,
                        "edge_flood": 40}
 
 
@@ -619,3 +671,7 @@ def cli(argv: list[str]) -> int:
     console.print(f"wrote {args.out}/results.json, results.md")
     bad = sum(f["crashes"] for f in r["fuzz"]) + sum(f["crashes"] + len(f["problems"]) for f in r["faults"])
     return 1 if bad else 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["save-loop"]:  # save_kills' child process
+    _save_loop(Path(sys.argv[2]), Path(sys.argv[3]))

@@ -101,8 +101,8 @@ def _edits(max_edits: int = 4):
 def _sizes():
     """Sizes and counts as a forger picks them: small, on a type's edge, or far beyond any buffer."""
     st = _st()
-    return st.one_of(st.integers(0, 64), st.sampled_from((-1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1)),
-                     st.integers(-2**70, 2**70))
+    edges = (-1, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1)
+    return st.one_of(st.integers(0, 64), st.sampled_from(edges), st.integers(-2**70, 2**70))
 
 
 def _tensors(seed: int, count: int) -> dict[str, np.ndarray]:

@@ -27,8 +27,8 @@ import torch
 from .bandwidth import ENCODING_ORDER, link_encoding
 from .chunking import split
 from .health import ERROR, OK, WARN, EventWindow, Health
-from .messages import (KIND_FULL, MAX_UPLOAD_BATCH, EdgeStatus, LearnedModules, ModelUpdate, Profile, Registration, RegistrationReply,
-                       SampleBatch, UpdateHeader)
+from .messages import (KIND_FULL, MAX_UPLOAD_BATCH, EdgeStatus, LearnedModules, ModelUpdate, Profile, Registration,
+                       RegistrationReply, SampleBatch, UpdateHeader)
 from .models import BudgetError
 from .preprocess import ImageFormatError, Preprocessor
 from .selection import decode_frames
@@ -350,7 +350,8 @@ class Coordinator:
                            f"the last saved state stays on disk")
             return False
         if self.save_error:
-            self.log.info(f"state saved again after {self.save_error}")
+            self.log.info(f"state saved again ({self.counters['save_failures']} saves failed so far, the last: "
+                          f"{self.save_error})")
             self.save_error = ""
         self.counters["saves"] += 1
         self.saved_at = self.clock()
