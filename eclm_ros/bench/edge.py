@@ -30,7 +30,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from ..core.compose import modules_update
 from ..core.description import architecture_json
@@ -46,7 +45,7 @@ from ..core.updates import apply_update
 from ..sim.camera import camera_frames
 from ..sim.data import load_fashion_mnist
 from ..training import trainer
-from .report import latency_stats
+from .report import latency_stats, markdown_tables, print_tables
 
 RUNTIMES = ("torch", "ort_default", "ort_tuned")
 CAMERA_HZ = 30.0
@@ -291,21 +290,7 @@ def to_markdown(r: dict) -> str:
     cfg = r["config"]
     lines = ["# eclm-ros bench-edge", "", f"Command: `{cfg['command']}`  ", f"Edge model: {cfg['model']}  ",
              f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs (shared)", ""]
-    for title, header, rows in tables(r):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def print_tables(r: dict, console: Console) -> None:
-    for title, header, rows in tables(r):
-        table = Table(title=title, title_justify="left")
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+    return "\n".join(lines + markdown_tables(tables(r)))
 
 
 def run(args, console: Console) -> dict:
@@ -383,7 +368,7 @@ def cli(argv: list[str]) -> int:
     if not console.is_terminal:
         console = Console(width=160)
     results = run(args, console)
-    print_tables(results, console)
+    print_tables(tables(results), console)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -138,3 +138,27 @@ def write_results(results: dict, out: Path) -> None:
     plot(results, out / "accuracy.png", window=max(16, frames // 30))
 
 
+Tables = list[tuple[str, list[str], list[list[str]]]]  # (title, header, rows) of a report
+
+
+def markdown_tables(tables: Tables) -> list[str]:
+    """A report's tables as markdown lines (results.md)."""
+    lines: list[str] = []
+    for title, header, rows in tables:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        lines.append("")
+    return lines
+
+
+def print_tables(tables: Tables, console) -> None:
+    """A report's tables on a rich console, first column left-aligned, figures right."""
+    from rich.table import Table
+
+    for title, header, rows in tables:
+        table = Table(title=title, title_justify="left")
+        for i, h in enumerate(header):
+            table.add_column(h, justify="left" if i == 0 else "right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
