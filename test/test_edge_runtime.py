@@ -138,9 +138,26 @@ def test_failing_rebuild_leaves_the_old_model_serving(edge_model, cloud, monkeyp
 
 def test_exporter_refuses_models_it_cannot_express():
     with pytest.raises(ExportError, match="GroupNorm"):
-        export_adaptive(_broken_model(), 0.05)
-    with pytest.raises(ExportError, match="momentum"):
-        export_adaptive(ModularNet((4, 8), 1), 0.0)
+        export_adaptive(_broken_model())
+    with pytest.raises(ValueError, match="momentum"):
+        make_runtime("onnx", ModularNet((4, 8), 1), bn_momentum=0.0)
+
+
+@pytest.mark.parametrize("kind", RUNTIMES)
+def test_a_change_of_environment_raises_the_momentum_until_the_statistics_caught_up(edge_model, kind):
+    """Steady frames keep the base momentum; a jump in the frames' statistics is detected once and the
+    statistics then average the frames since the change (momentum 1/(n + warmup)), back to the base after."""
+    runtime = make_runtime(kind, copy.deepcopy(edge_model))
+    off = make_runtime(kind, copy.deepcopy(edge_model), shift_threshold=0)
+    steady, shifted = _frames(200, seed=1), _frames(200, seed=2, shift=3.0)
+    for rt in (runtime, off):
+        _run(rt, steady)
+    assert runtime.shift.shifts == 0 and runtime.shift.momentum == pytest.approx(0.01)
+    _run(runtime, shifted[:5])
+    assert runtime.shift.shifts == 1 and runtime.shift.momentum > 0.02
+    _run(runtime, shifted[5:])
+    _run(off, shifted)
+    assert runtime.shift.shifts == 1 and runtime.shift.momentum == pytest.approx(0.01) and off.shift.shifts == 0
 
 
 @pytest.mark.parametrize("kind", RUNTIMES)

@@ -60,15 +60,18 @@ class Recipe:
 
 RECIPES = {
     "full": {
-        "cloud": Recipe("modular_net", {"widths": [16, 32, 64], "modules_per_stage": 3}, epochs=5, train_samples=0,
-                        augment=False, min_steps=1000),
-        "edge_small": Recipe("small_cnn", {"widths": [22, 44, 88]}, epochs=4, train_samples=0, augment=False,
-                             min_steps=800),
+        "cloud": Recipe("modular_net", {"widths": [16, 48, 96, 192], "modules_per_stage": 4, "stem_stride": 2,
+                                        "min_modules": 0}, epochs=7, train_samples=0, min_steps=1000),
+        "edge_small": Recipe("small_cnn", {"widths": [22, 44, 88]}, epochs=4, train_samples=0, min_steps=800),
+        "edge_tiny": Recipe("small_cnn", {"widths": [18, 36, 72], "stem_stride": 2}, epochs=5, train_samples=0,
+                            min_steps=800),
     },
     "quick": {
-        "cloud": Recipe("modular_net", {"widths": [8, 16, 32], "modules_per_stage": 3}, epochs=2, train_samples=6000,
-                        min_steps=40),
+        "cloud": Recipe("modular_net", {"widths": [8, 16, 32, 64], "modules_per_stage": 3, "stem_stride": 2,
+                                        "min_modules": 0}, epochs=2, train_samples=6000, min_steps=40),
         "edge_small": Recipe("small_cnn", {"widths": [10, 20, 40]}, epochs=2, train_samples=6000, min_steps=40),
+        "edge_tiny": Recipe("small_cnn", {"widths": [6, 12, 24], "stem_stride": 2}, epochs=2, train_samples=6000,
+                            min_steps=40),
     },
 }
 
@@ -119,10 +122,11 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return unit * (hi - lo) + lo
 
 
-def _random_spec(model: ModularNet, rng: np.random.Generator) -> SubModelSpec:
+def _random_spec(model: ModularNet, rng: np.random.Generator, smallest: bool = False) -> SubModelSpec:
+    """A random sub-model (``smallest``: one with the fewest modules a stage may keep)."""
     stages = []
     for stage in model.stages:
-        k = int(rng.integers(1, len(stage.module_ids) + 1))
+        k = model.min_modules if smallest else int(rng.integers(model.min_modules, len(stage.module_ids) + 1))
         stages.append(tuple(sorted(rng.choice(stage.module_ids, size=k, replace=False).tolist())))
     return SubModelSpec(tuple(stages))
 
@@ -179,14 +183,15 @@ def train_model(recipe: Recipe, dataset: Dataset, seed: int, progress: bool = Tr
             x = (_augment(x_all[idx], gen) if recipe.augment else x_all[idx]).contiguous(
                 memory_format=torch.channels_last)
             y = y_all[idx]
-            if modular:
+            if modular:  # the sandwich rule: the full model, a random sub-model and the smallest one
                 model.set_active(None)
                 full_logits = model(x)
                 loss = F.cross_entropy(full_logits, y)
-                model.set_active(_random_spec(model, rng))
-                sub_logits = model(x)
                 soft = F.softmax(full_logits.detach(), 1)
-                loss = loss + 0.5 * F.cross_entropy(sub_logits, y) + 0.5 * F.cross_entropy(sub_logits, soft)
+                for smallest in (False, True):
+                    model.set_active(_random_spec(model, rng, smallest))
+                    sub_logits = model(x)
+                    loss = loss + 0.5 * F.cross_entropy(sub_logits, y) + 0.5 * F.cross_entropy(sub_logits, soft)
                 model.set_active(None)
             else:
                 loss = F.cross_entropy(model(x), y)
@@ -275,7 +280,7 @@ def train_all(quick: bool = False, cache_dir: Path | str | None = None, force: b
     return manifests
 
 
-DEFAULTS = ("cloud", "edge", "edge_small")
+DEFAULTS = ("cloud", "edge", "edge_small", "edge_tiny")
 
 
 def ensure(quick: bool = False, cache_dir: Path | str | None = None, dataset: Dataset | None = None) -> None:
