@@ -11,13 +11,14 @@ from measurements over a veth pair shaped with ``tc tbf`` (README, "Real links")
   until a burst of L/2 would have refilled, so both probes of a pair start with the same token bucket). A pair
   whose times do not scale with its sizes is no measurement: the small one queued behind an upload (ignored), or
   it crossed inside the burst (that direction's probes grow when it repeats).
-- **Sizes follow the link.** L is the power of two nearest to ``probe_time_s`` of the estimate, within
-  [MIN_PROBE_BYTES, the configured maximum]; a lost probe quarters it (a probe larger than the bottleneck's queue
-  never arrives: probes are best effort, as a reliable one would be repaired and resent into the link it
-  measures); probing takes at most PROBE_SHARE of the link's time (a cycle on a slow link waits longer).
-- **Robust and quick.** Of the last ``window`` pairs, each size's fastest round trip counts (traffic queued
-  ahead of a probe, an upload, only ever adds time); a step change that three pairs in a row agree on replaces
-  the older pairs at once.
+- **Sizes follow the link.** L is the power of two nearest to ``probe_time_s`` of the estimate (changed only
+  when that is twice or half L), within [MIN_PROBE_BYTES, the configured maximum]; a lost probe quarters it (a
+  probe larger than the bottleneck's queue never arrives: probes are best effort, as a reliable one would be
+  repaired and resent into the link it measures); probing takes at most PROBE_SHARE of the link's time (a cycle
+  on a slow link waits longer).
+- **Robust and quick.** Of the last ``window`` pairs of the newest size, each size's fastest round trip counts
+  (traffic queued ahead of a probe, an upload, only ever adds time; one pair of a new size: the window's median);
+  a step change that three pairs in a row agree on replaces the older pairs at once.
 - **Goodput.** Rates are payload bytes, what the edge's messages get; the link carries ~12 % more (RTPS, UDP, IP
   and Ethernet headers of 1,400-byte datagrams).
 
@@ -102,8 +103,8 @@ class Direction:
         size = self.pairs[-1][0]
         same = [(small, large) for n, small, large in self.pairs if n == size]
         small, large = min(s for s, _ in same), min(x for _, x in same)
-        if large <= small:
-            return float(np.median([_rate(size, s, x) for s, x in same]))
+        if len(same) < 2 or large <= small:  # one pair of a new size is no lower envelope: the window's median
+            return float(np.median([_rate(n, s, x) for n, s, x in self.pairs]))
         return _rate(size, small, large)
 
     def add(self, small: float, large: float, probe_time_s: float) -> None:
@@ -118,8 +119,12 @@ class Direction:
         self.resize(self.estimate() * probe_time_s / 8)
 
     def resize(self, wanted_bytes: float) -> None:
+        """The power of two nearest ``wanted_bytes`` within [floor, max], changed only when ``wanted_bytes`` is
+        at least twice or at most half the size now (an estimate near a boundary would flip it every cycle)."""
         self.floor = min(self.floor, self.max_bytes)
-        self.size = max(min(_pow2(wanted_bytes), self.max_bytes), self.floor)
+        if not self.size / 2 < wanted_bytes < 2 * self.size:
+            self.size = _pow2(wanted_bytes)
+        self.size = max(min(self.size, self.max_bytes), self.floor)
 
     def too_small(self) -> None:
         """The small probe crossed in no time (inside the shaper's burst): measure with larger ones from now."""
