@@ -7,12 +7,12 @@ from measurements over a veth pair shaped with ``tc tbf`` (README, "Real links")
   read 1.07 Mbit/s on a 2 Mbit/s link.
 - **A difference of two sizes.** Each direction sends a probe of L bytes and one of L/2; the rate is
   ``8 (L - L/2) / (rtt_L - rtt_L/2)``. What both pay alike cancels: DDS and scheduling latency, the round trip,
-  a shaper's burst up to L/2 (the cycle runs echo, up L/2, down L/2, up L, down L, and each payload probe waits
-  until a burst of L/2 would have refilled, so both probes of a pair start with the same token bucket). A pair
+  a shaper's burst up to L/3 (the cycle runs echo, up L/2, down L/2, up L, down L, and each payload probe waits
+  twice the previous one's time, so a burst refills and both probes of a pair start with the same bucket). A pair
   whose times do not scale with its sizes is no measurement: the small one queued behind an upload (ignored), or
   it crossed inside the burst (that direction's probes grow when it repeats).
-- **Sizes follow the link.** L is the power of two nearest to ``probe_time_s`` of the estimate (changed only
-  when that is twice or half L), within [MIN_PROBE_BYTES, the configured maximum]; a lost probe quarters it (a
+- **Sizes follow the link.** L is the power of two nearest to ``probe_time_s`` of the newest pair's rate
+  (changed only when that is twice or half L), within [MIN_PROBE_BYTES, the configured maximum]; a lost probe quarters it (a
   probe larger than the bottleneck's queue never arrives: probes are best effort, as a reliable one would be
   repaired and resent into the link it measures); probing takes at most PROBE_SHARE of the link's time (a cycle
   on a slow link waits longer).
@@ -116,7 +116,9 @@ class Direction:
                                              all(r < before / STEP for r in recent)):
             for _ in range(len(self.pairs) - STEP_PAIRS):
                 self.pairs.popleft()
-        self.resize(self.estimate() * probe_time_s / 8)
+        # sized by the newest pair, not the estimate: after a step the estimate waits for three pairs to agree,
+        # and sizes from the old rate would be lost (too large) or too short to time (too small) until then
+        self.resize(recent[-1] * probe_time_s / 8)
 
     def resize(self, wanted_bytes: float) -> None:
         """The power of two nearest ``wanted_bytes`` within [floor, max], changed only when ``wanted_bytes`` is
@@ -221,10 +223,10 @@ class LinkProber:
             self.cycle[(probe.kind, probe.size)] = rtt
             self.busy += rtt
             self._measure(probe.kind)
-            d = self.directions[probe.kind]
-            # the next payload probe waits until a burst as large as the small probe has refilled, so every probe
-            # of a pair starts with the same token bucket
-            self.idle_until = now + (min(8 * (d.size // 2) / d.estimate(), self.timeout_s) if d.pairs else 0.0)
+            # the next payload probe waits twice this one's time on the link, so a burst (up to 2/3 of the small
+            # probe) refills and both probes of a pair start with the same token bucket
+            base = min((r for r in self.echoes if r is not None), default=0.0)
+            self.idle_until = now + min(2 * max(rtt - base, 0.0), self.timeout_s)
         if not self.plan:
             self._end_cycle()
 
