@@ -3,11 +3,11 @@
 The cloud coordinator runs in one network namespace; the edge learner, its bandwidth monitor and camera in
 another; DDS crosses a veth pair between them (``netns.ShapedLink``, UDP only) that ``tc tbf`` shapes through
 the schedule (default 50 Mbit/s, 2 Mbit/s, 256 kbit/s, 30 s cut, 50 Mbit/s). Per phase: the shaped rate, the
-monitor's estimates (median once settled, error, how long it took to settle within +-25 %), uploads against
-their budget, the encodings of the updates the cloud sent, updates applied and refused, the upload queue
-against its bound, accuracy (the edge's predictions against the camera's ground truth, beside the source model
-on the same frames); and across the run: every applied version in order, none twice. DIR/results.json and
-DIR/results.md; the nodes' logs and the recorders' raw records stay in DIR.
+monitor's estimates (median once settled, error, time to the first within +-25 % and the share of later ones
+within), uploads against their budget, the encodings of the updates the cloud sent, updates applied and
+refused, the upload queue against its bound, accuracy (the edge's predictions against the camera's ground
+truth, beside the source model on the same frames); and across the run: every applied version in order, none
+twice. DIR/results.json and DIR/results.md; the nodes' logs and the recorders' raw records stay in DIR.
 
     eclm-ros bench-link --out DIR [--schedule 50M:60,2M:60,256k:90,down:30,50M:60] [--quick]
 
@@ -251,14 +251,14 @@ class LinkRun:
 
 
 # -- the figures --------------------------------------------------------------------------------------------------
-def settled_at(estimates: list[tuple[float, float]], rate: float, start: float) -> float | None:
-    """Seconds from ``start`` until every later estimate (time, bit/s) is within TOLERANCE of ``rate``."""
-    last_out = start
-    for t, value in estimates:
-        if abs(value / rate - 1) > TOLERANCE:
-            last_out = t
-    inside = [t for t, _ in estimates if t > last_out]
-    return inside[0] - start if inside else None
+def settling(estimates: list[tuple[float, float]], rate: float, start: float) -> tuple[float | None, float]:
+    """Seconds from ``start`` to the first estimate (time, bit/s) within TOLERANCE of ``rate``, and the share of
+    that and every later estimate that is within it."""
+    inside = [abs(value / rate - 1) <= TOLERANCE for _, value in estimates]
+    if True not in inside:
+        return None, 0.0
+    first = inside.index(True)
+    return estimates[first][0] - start, float(np.mean(inside[first:]))
 
 
 def applied_updates(edge_log: str) -> list[tuple[float, str, int]]:
@@ -288,12 +288,13 @@ def summarize(marks: list[dict], rec: dict[str, list[dict]], edge_log: str, queu
         else:
             for direction in ("up", "down"):
                 series = [(b["t"], b[direction]) for b in bw if b["link_up"]]
-                settle = settled_at(series, rate, t0)
+                settle, share = settling(series, rate, t0)
                 after = [v for t, v in series if settle is not None and t >= t0 + settle] or [v for _, v in series]
                 estimate = float(np.median(after)) if after else 0.0
                 row[f"{direction}_estimate_bps"] = estimate
                 row[f"{direction}_error"] = estimate / rate - 1 if estimate else None
                 row[f"{direction}_settle_s"] = None if settle is None else round(settle, 1)
+                row[f"{direction}_within_after"] = share
         seconds = max(t1 - t0, 1e-9)
         sent = within(rec["updates"])
         row.update({
@@ -368,25 +369,29 @@ def _bps(x: float | None) -> str:
 
 def to_markdown(results: dict) -> str:
     lines = [
-        "| phase | estimate up / down (median once settled) | error up / down | settled after (up / down) | "
+        "| phase | estimate up / down (median once settled) | error up / down | within +-25 % after (share of "
+        "later estimates within) up / down | "
         "uploads/s, bytes | upload rate / budget | update encodings | applied | refused | queue max / bound | "
         "predictions/s | accuracy (source model) |",
         "|---|---|---|---|---|---|---|---:|---:|---|---:|---|"]
     for r in results["phases"]:
         if r["rate_bps"] is None:
             est, err = "link down", "-"
-            settle = f"reported down after {r['link_down_after_s']} s" if r["link_down_after_s"] is not None else "-"
+            down = r["link_down_after_s"]
+            settle = "-" if down is None else f"reported down after {down} s"
         else:
             est = f"{_bps(r['up_estimate_bps'])} / {_bps(r['down_estimate_bps'])}"
             err = f"{_pct(r['up_error'])} / {_pct(r['down_error'])}"
-            settle = " / ".join("never" if r[f"{d}_settle_s"] is None else f"{r[f'{d}_settle_s']} s"
+            settle = " / ".join("never" if r[f"{d}_settle_s"] is None else
+                                f"{r[f'{d}_settle_s']} s ({100 * r[f'{d}_within_after']:.0f} %)"
                                 for d in ("up", "down"))
         enc = ", ".join(f"{k} {v}" for k, v in sorted(r["encodings"].items())) or "none"
         acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f} %" + (
             f" ({100 * r['source_accuracy']:.1f} %)" if r["source_accuracy"] is not None else "")
+        budget = _bps(r["budget_bps"]) if r["budget_bps"] else "0"
         lines.append(f"| {r['phase']} | {est} | {err} | {settle} | {r['uploads_per_s']:.2f}, "
-                     f"{r['upload_bytes'] / 1e3:.0f} KB | {_bps(r['upload_bps'])} / {_bps(r['budget_bps']) if r['budget_bps'] else '0'}"
-                     f" | {enc} | {r['applied']} | {r['rejected']} | {r['queue_max']} / {r['queue_bound']} | "
+                     f"{r['upload_bytes'] / 1e3:.0f} KB | {_bps(r['upload_bps'])} / {budget} | {enc} | "
+                     f"{r['applied']} | {r['rejected']} | {r['queue_max']} / {r['queue_bound']} | "
                      f"{r['predictions'] / r['seconds']:.1f} | {acc} |")
     o, out = results["order"], results["outage"]
     lines += ["", f"Updates applied: {o['applied']}, versions {o['versions'][0] if o['versions'] else '-'}"
@@ -418,7 +423,8 @@ def run(args) -> dict:
         finally:
             lr.stop()
         rec, edge_log = lr.records(), lr.edge_log()
-    results = {"schedule": args.schedule, "update_deadline_s": UPDATE_DEADLINE_S, "load_before": load,
+    results = {"schedule": args.schedule, "marks": marks, "update_deadline_s": UPDATE_DEADLINE_S,
+               "load_before": load,
                "load_after": os.getloadavg()[0], "quick_models": args.quick,
                "shaping": f"tc tbf on both ends, burst max(1 ms of the rate, {netns.MIN_BURST} B), queue {netns.QUEUE}",
                **summarize(marks, rec, edge_log, lr.queue_bound(),

@@ -12,10 +12,10 @@ from measurements over a veth pair shaped with ``tc tbf`` (README, "Real links")
   whose times do not scale with its sizes is no measurement: the small one queued behind an upload (ignored), or
   it crossed inside the burst (that direction's probes grow when it repeats).
 - **Sizes follow the link.** L is the power of two nearest to ``probe_time_s`` of the newest pair's rate
-  (changed only when that is twice or half L), within [MIN_PROBE_BYTES, the configured maximum]; a lost probe quarters it (a
-  probe larger than the bottleneck's queue never arrives: probes are best effort, as a reliable one would be
-  repaired and resent into the link it measures); probing takes at most PROBE_SHARE of the link's time (a cycle
-  on a slow link waits longer).
+  (changed only when that is twice or half L), within [MIN_PROBE_BYTES, the configured maximum]; a lost probe
+  quarters it (a probe larger than the bottleneck's queue never arrives: probes are best effort, as a reliable
+  one would be repaired and resent into the link it measures); probing takes at most PROBE_SHARE of the link's
+  time (a cycle on a slow link waits longer).
 - **Robust and quick.** Of the last ``window`` pairs of the newest size, each size's fastest round trip counts
   (traffic queued ahead of a probe, an upload, only ever adds time; one pair of a new size: the window's median);
   a step change that three pairs in a row agree on replaces the older pairs at once.

@@ -67,10 +67,11 @@ class BandwidthMonitor(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub.publish(msg)
         self.cloud_pub.publish(msg)  # the cloud sizes its updates to this edge's downlink
-        self.diagnostics.publish([Health("link", OK if est.link_up else ERROR, "link up" if est.link_up else "link down", {
+        sizes = {f"probe_bytes_{k}": d.size for k, d in self.prober.directions.items()}
+        level, text = (OK, "link up") if est.link_up else (ERROR, "link down")
+        self.diagnostics.publish([Health("link", level, text, {
             "uplink_bps": f"{est.uplink_bps:.0f}", "downlink_bps": f"{est.downlink_bps:.0f}",
-            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}",
-            "probe_bytes_up": self.prober.directions["up"].size, "probe_bytes_down": self.prober.directions["down"].size})])
+            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}", **sizes})])
 
 
 def main() -> None:
