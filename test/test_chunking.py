@@ -221,6 +221,10 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
     keys = KeyRing(tmp_path / "keys")  # signed both ways, as shipped
     keys.init_cloud()
     keys.enrol("chunked_edge")
+    # recording from before the cloud starts: under load a late subscriber's transient-local history (depth 4)
+    # may already hold only later updates
+    recorder = Recorder({"/chunked_edge/predictions": (Prediction, RELIABLE_QOS),
+                         "/chunked_cloud/updates/chunked_edge": (ModelUpdate, UPDATE_QOS)})
     procs = []
     for name, ns, extra in (("cloud_coordinator", "/chunked_cloud", {"max_chunk_bytes": 40_000}),
                             ("edge_learner", "/chunked_edge", {"cloud_namespace": "/chunked_cloud"})):
@@ -230,8 +234,6 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
                                                                                **extra}}}))
         procs.append(NodeProcess([*node_executable(name), "--ros-args", "-r", f"__ns:={ns}", "--params-file",
                                   str(params)], tmp_path / f"{name}.log"))
-    recorder = Recorder({"/chunked_edge/predictions": (Prediction, RELIABLE_QOS),
-                         "/chunked_cloud/updates/chunked_edge": (ModelUpdate, UPDATE_QOS)})
     try:
         images = recorder.publisher(Image, "/chunked_edge/image", SENSOR_QOS)
         preds = recorder.received["/chunked_edge/predictions"]
