@@ -66,19 +66,13 @@ def user_models(tmp_path_factory):
     return build(tmp_path_factory.mktemp("user_models"))
 
 
-def _clean_shared_memory() -> None:
-    """Free the Fast DDS shared-memory segments of node processes that died without closing them (the fault
-    tests SIGKILL nodes; each segment holds 64 MB of RAM until it is removed, and a full suite leaves ~600)."""
-    import shutil
-    import subprocess
-
-    if shutil.which("fastdds"):
-        subprocess.run(["fastdds", "shm", "clean"], capture_output=True, timeout=120, check=False)
-
-
 def pytest_sessionstart(session):
-    _clean_shared_memory()
+    from eclm_ros.ros.launcher import clean_shared_memory
+
+    clean_shared_memory()  # the fault tests SIGKILL nodes, whose Fast DDS segments outlive them
 
 
 def pytest_sessionfinish(session, exitstatus):
-    _clean_shared_memory()
+    from eclm_ros.ros.launcher import clean_shared_memory
+
+    clean_shared_memory()

@@ -94,7 +94,7 @@ def test_swap_mid_stream_serves_the_new_model_from_the_next_frame(edge_model, cl
     with torch.no_grad():
         for p in same_structure.parameters():
             p.mul_(0.9)
-    new_structure = build_submodel(cloud, SubModelSpec(((0, 2), (1,), (0, 1, 2))))
+    new_structure = build_submodel(cloud, SubModelSpec(((0, 2), (1,), (0, 1, 2), (0,))))
     frames = _frames(30, seed=4)
     _run(runtime, frames[:10])
     for new_model, stream in ((same_structure, frames[10:20]), (new_structure, frames[20:])):
@@ -125,7 +125,7 @@ def test_failing_rebuild_leaves_the_old_model_serving(edge_model, cloud, monkeyp
     if failure == "export":
         bad = _broken_model()
     else:  # a graph ONNX Runtime cannot load: the session build fails after a successful export
-        bad = build_submodel(cloud, SubModelSpec(((1,), (2,), (0,))))
+        bad = build_submodel(cloud, SubModelSpec(((1,), (2,), (0,), (1,))))
         monkeypatch.setattr(edge_runtime.OrtEdgeRuntime, "_graph_bytes",
                             lambda self, model: (b"not an onnx graph", None))
     with pytest.raises(UpdateError, match="still serving the previous model"):
@@ -138,9 +138,26 @@ def test_failing_rebuild_leaves_the_old_model_serving(edge_model, cloud, monkeyp
 
 def test_exporter_refuses_models_it_cannot_express():
     with pytest.raises(ExportError, match="GroupNorm"):
-        export_adaptive(_broken_model(), 0.05)
-    with pytest.raises(ExportError, match="momentum"):
-        export_adaptive(ModularNet((4, 8), 1), 0.0)
+        export_adaptive(_broken_model())
+    with pytest.raises(ValueError, match="momentum"):
+        make_runtime("onnx", ModularNet((4, 8), 1), bn_momentum=0.0)
+
+
+@pytest.mark.parametrize("kind", RUNTIMES)
+def test_a_change_of_environment_raises_the_momentum_until_the_statistics_caught_up(edge_model, kind):
+    """Steady frames keep the base momentum; a jump in the frames' statistics is detected once and the
+    statistics then average the frames since the change (momentum 1/(n + warmup)), back to the base after."""
+    runtime = make_runtime(kind, copy.deepcopy(edge_model))
+    off = make_runtime(kind, copy.deepcopy(edge_model), shift_threshold=0)
+    steady, shifted = _frames(200, seed=1), _frames(200, seed=2, shift=3.0)
+    for rt in (runtime, off):
+        _run(rt, steady)
+    assert runtime.shift.shifts == 0 and runtime.shift.momentum == pytest.approx(0.01)
+    _run(runtime, shifted[:5])
+    assert runtime.shift.shifts == 1 and runtime.shift.momentum > 0.02
+    _run(runtime, shifted[5:])
+    _run(off, shifted)
+    assert runtime.shift.shifts == 1 and runtime.shift.momentum == pytest.approx(0.01) and off.shift.shifts == 0
 
 
 @pytest.mark.parametrize("kind", RUNTIMES)

@@ -13,7 +13,7 @@ ALLOWED = {
     "sim": {"core"},
     "training": {"core", "sim"},
     "ros": {"core", "sim", "msg", "srv"},  # sim: the camera_stream node plays the simulated world
-    "bench": {"core", "sim", "training", "ros", "msg"},
+    "bench": {"core", "sim", "training", "ros", "msg", "srv"},  # srv: the fault bench registers an edge itself
 }
 
 

@@ -139,7 +139,11 @@ def test_png_with_alpha_and_16_bit_png_become_8_bit_frames(rgb):
     (lambda: _image("mono16", b"\0" * H * (W * 2 + 1), W * 2 + 1), "not a multiple of the 2-byte"),
     (lambda: _image("yuv422", b"\0" * H * 14, 14, width=7), "even width"),
     (lambda: _compressed(b"", "jpeg"), "empty CompressedImage"),
-    (lambda: _compressed(b"not a jpeg at all", "jpeg"), "cannot decode 17 bytes of format 'jpeg'"),
+    (lambda: _compressed(b"not a jpeg at all", "jpeg"), "format 'jpeg': not a PNG or JPEG image"),
+    (lambda: _compressed(cv2.imencode(".jpg", np.zeros((H, W), np.uint8))[1].tobytes()[:200], "jpeg"),
+     "do not decode as the 8x6 PNG/JPEG"),
+    (lambda: _compressed(b"\xff\xd8\xff\xc0\x00\x11\x08\xff\xff\xff\xff" + bytes(300), "jpeg"),
+     "65535x65535 pixels refused"),  # a forged frame header: 4 G pixels
     (lambda: _compressed(b"\0" * 40, "16UC1; compressedDepth png"), "compressedDepth is not supported"),
 ])
 def test_a_frame_that_cannot_be_one_is_refused_with_the_reason(make, reason):

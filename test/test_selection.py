@@ -54,8 +54,16 @@ def test_entropy_and_codec_round_trip():
     np.testing.assert_array_equal(np.stack(decode_frames(encode_frames(imgs))), imgs)  # PNG is lossless
     jpeg = np.stack(decode_frames(encode_frames(imgs, "jpeg", quality=90)))
     assert jpeg.shape == imgs.shape and np.abs(jpeg.astype(int) - imgs).mean() < 40
-    with pytest.raises(ValueError, match="not a decodable"):
+    with pytest.raises(ValueError, match="frame 0: not a PNG or JPEG"):
         decode_frames([b"junk"])
+    png = encode_frames(imgs[:1])[0]
+    with pytest.raises(ValueError, match="PNG chunk at byte 33 claims"):  # truncated
+        decode_frames([png[:60]])
+    with pytest.raises(ValueError, match="do not decode as the 28x28"):  # the pixel data (IDAT) zeroed
+        decode_frames([png[:41] + bytes(len(png) - 57) + png[-16:]])
+    forged = png[:16] + (5000).to_bytes(4, "big") * 2 + png[24:]  # a 5000x5000 header: 25 M pixels
+    with pytest.raises(ValueError, match="5000x5000 pixels refused"):
+        decode_frames([forged])
 
 
 @pytest.mark.parametrize("per_frame", [False, True])

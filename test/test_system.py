@@ -220,7 +220,7 @@ def test_a_restarted_cloud_resumes_versions_from_its_state(quick_model, tmp_path
 
 def test_forged_stale_and_oversized_updates_are_refused_and_serving_goes_on(quick_model, tmp_path):
     key = generate_key()
-    world = World(quick_model, tmp_path, cloud_key=key, max_update_bytes=200_000)
+    world = World(quick_model, tmp_path, cloud_key=key, max_update_bytes=2_000_000)  # the full first model fits
     agent = world.add_edge()
     world.run(10)
     good_version = agent.version
@@ -236,7 +236,7 @@ def test_forged_stale_and_oversized_updates_are_refused_and_serving_goes_on(quic
             header = replace(header, signature_scheme=scheme, key_id=key_id, signature=sig)
         return ModelUpdate(header, bundle)
 
-    big = {"x": np.zeros(100_000, np.float32)}
+    big = {"x": np.zeros(1_000_000, np.float32)}
     forged, unsigned, stale = update(2, 1, signer=generate_key()), update(2, 1, signer=None), update(1, 0)
     altered = update(2, 1)
     altered.bundle = replace(altered.bundle, payload=altered.bundle.payload[::-1])

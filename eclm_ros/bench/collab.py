@@ -22,11 +22,12 @@ from ..core.distill import Distiller
 from ..core.edge_agent import EdgeAgent, EdgeConfig
 from ..core.edge_runtime import make_runtime
 from ..core.merge import average, finetune
-from ..core.messages import FRAME_META_BYTES, UPDATE_META_BYTES
+from ..core.messages import FRAME_META_BYTES, UPDATE_META_BYTES, Profile
 from ..core.models import ModularNet, build_submodel, submodel_module_state
 from ..core.norm import affine_state, load_affine, use_batch_stats
 from ..core.selection import Selector, decode_frames, encode_frames
-from ..core.strategies import default_budget, make_strategy
+from ..core.shift import SHIFT_THRESHOLD
+from ..core.strategies import make_strategy
 from ..core.tensor_codec import pack, unpack
 from ..core.transport import InMemoryNetwork, SimClock
 from .method import BenchContext, Traffic
@@ -168,7 +169,7 @@ class Eclm:
         self.link, self.to_tensor = _link(ctx), ctx.to_tensor
         self.traffic = self.link.traffic
         self.cloud: ModularNet = ctx.cloud_model()
-        self.budget = default_budget(self.cloud)
+        self.budget = ctx.edge_budget()
         self.edge = tent.configure_model(ctx.edge_model())
         self.opt = tent.make_optimizer(tent.collect_params(self.edge))
         self.selector = Selector(ctx.num_classes, target_ratio=0.2)
@@ -208,9 +209,11 @@ class EclmRos:
 
     def __init__(self, ctx: BenchContext, strategy: str = "eclm_ros", upload_ratio: float = 0.2,
                  upload_batch: int = 16, encoding: str = "fp16", name: str = "eclm_ros",
-                 models: tuple[Checkpoint, Checkpoint] | None = None, **strategy_options) -> None:
+                 models: tuple[Checkpoint, Checkpoint] | None = None, profile: Profile | None = None,
+                 shift_threshold: float = SHIFT_THRESHOLD, **strategy_options) -> None:
         """``models`` (cloud, edge) replace the defaults (e.g. a user's teacher and edge model, with
-        ``student=edge`` among the ``strategy_options`` of ``make_strategy``)."""
+        ``student=edge`` among the ``strategy_options`` of ``make_strategy``); ``profile`` is the device the
+        edge registers as (its budget decides the sub-model; default: the context's budget)."""
         self.name = name
         self.clock = SimClock()
         self.network = InMemoryNetwork(self.clock, seed=ctx.seed)
@@ -221,9 +224,11 @@ class EclmRos:
                                        self.network.cloud_link(), clock=self.clock, log=quiet)
         self.coordinator.configure(update_encoding=encoding)
         self.network.serve(self.coordinator)
-        self.agent = EdgeAgent(make_runtime("onnx", edge.model, input_shape=edge.description.input_shape()),
+        self.agent = EdgeAgent(make_runtime("onnx", edge.model, input_shape=edge.description.input_shape(),
+                                            shift_threshold=shift_threshold),
                                edge.description, self.network.connect(name),
-                               EdgeConfig(edge_id=name, upload_ratio=upload_ratio, upload_batch=upload_batch),
+                               EdgeConfig(edge_id=name, upload_ratio=upload_ratio, upload_batch=upload_batch,
+                                          profile=profile or ctx.profile()),
                                clock=self.clock, log=quiet, threaded=False)
         self.network.attach(name, self.agent)
         self._exchange()  # registration: the edge serves the cloud's version 1 from the first frame

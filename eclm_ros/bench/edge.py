@@ -30,7 +30,6 @@ import numpy as np
 import onnxruntime as ort
 import torch
 from rich.console import Console
-from rich.table import Table
 
 from ..core.compose import modules_update
 from ..core.description import architecture_json
@@ -46,7 +45,7 @@ from ..core.updates import apply_update
 from ..sim.camera import camera_frames
 from ..sim.data import load_fashion_mnist
 from ..training import trainer
-from .report import latency_stats
+from .report import latency_stats, markdown_tables, print_tables
 
 RUNTIMES = ("torch", "ort_default", "ort_tuned")
 CAMERA_HZ = 30.0
@@ -57,14 +56,16 @@ class OrtDefault:
     pinned to one for the one-core comparison, unless ``threads=0``), ``session.run`` with a feed dict."""
 
     def __init__(self, model: torch.nn.Module, momentum: float = EMA_MOMENTUM, threads: int = 1) -> None:
-        graph = export_adaptive(model, momentum)
+        graph = export_adaptive(model)
+        self.momentum = np.full(1, momentum, np.float32)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(graph.to_bytes(), options, providers=["CPUExecutionProvider"])
         self.state, self.affine = state_vectors(model, graph.layout)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        probs, self.state = self.session.run(None, {"x": x, "bn_state": self.state, "affine": self.affine})
+        probs, self.state, _ = self.session.run(None, {"x": x, "bn_state": self.state, "affine": self.affine,
+                                                       "bn_momentum": self.momentum})
         return probs
 
 
@@ -291,21 +292,7 @@ def to_markdown(r: dict) -> str:
     cfg = r["config"]
     lines = ["# eclm-ros bench-edge", "", f"Command: `{cfg['command']}`  ", f"Edge model: {cfg['model']}  ",
              f"torch {torch.__version__}, onnxruntime {ort.__version__}, {os.cpu_count()} CPUs (shared)", ""]
-    for title, header, rows in tables(r):
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(row) + " |" for row in rows]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def print_tables(r: dict, console: Console) -> None:
-    for title, header, rows in tables(r):
-        table = Table(title=title, title_justify="left")
-        for i, h in enumerate(header):
-            table.add_column(h, justify="left" if i == 0 else "right")
-        for row in rows:
-            table.add_row(*row)
-        console.print(table)
+    return "\n".join(lines + markdown_tables(tables(r)))
 
 
 def run(args, console: Console) -> dict:
@@ -383,7 +370,7 @@ def cli(argv: list[str]) -> int:
     if not console.is_terminal:
         console = Console(width=160)
     results = run(args, console)
-    print_tables(results, console)
+    print_tables(tables(results), console)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -9,6 +9,7 @@ DIR/accuracy.png.
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
 from pathlib import Path
 from typing import Callable
@@ -20,7 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..core.models import count_macs, count_params
 from ..core.norm import affine_param_fraction
-from ..core.strategies import default_budget
+from ..core.strategies import BUDGET_SHARES
 from ..core.tensor_codec import pack
 from ..sim.corruptions import CORRUPTIONS, WORLDS
 from ..sim.data import Dataset, fashion_mnist
@@ -29,8 +30,8 @@ from ..sim.world import Schedule, WorldStream, default_schedule, parse_schedule
 from ..training.trainer import accuracy, data_arguments, dataset_from_arguments
 from .baselines import METHODS as BASELINES
 from .collab import METHODS as COLLAB_METHODS
-from .method import BenchContext, Method
-from .report import goals, to_markdown, write_results
+from .method import FIXED_MODELS, BenchContext, Method
+from .report import goals, over_seeds, summary_markdown, to_markdown, write_results
 
 METHODS: dict[str, Callable[[BenchContext], Method]] = {**BASELINES, **COLLAB_METHODS}
 
@@ -68,25 +69,27 @@ def default_streams(severities: list[int], frames_per_segment: int, mixed: bool 
 
 def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int, seed: int,
               quick: bool, cache_dir: Path | None = None, console: Console | None = None,
-              world: str = "mild", dataset: Dataset | None = None) -> dict:
+              world: str = "mild", dataset: Dataset | None = None, budget: str = "small") -> dict:
     console = console or Console()
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     dataset = dataset or fashion_mnist()
-    ctx = BenchContext(quick, seed, cache_dir, dataset)
+    ctx = BenchContext(quick, seed, cache_dir, dataset, budget)
     test_x, test_y = dataset.split("test")
-    cloud, edge, small = ctx.cloud_model(), ctx.edge_model(), ctx.edge_small()
+    cloud, edge, fixed = ctx.cloud_model(), ctx.edge_model(), ctx.edge_fixed()
     models = {name: {"params": count_params(m), "macs": count_macs(m),
                      "clean_accuracy": round(accuracy(m, test_x, test_y, dataset.description), 4)}
-              for name, m in (("cloud", cloud), ("edge", edge), ("edge_small", small))}
+              for name, m in (("cloud", cloud), ("edge", edge), ("edge_fixed", fixed))}
     models["edge"]["spec"] = [list(s) for s in edge.spec.stages]
     models["edge"]["affine_fraction"] = round(affine_param_fraction(edge), 4)
     models["edge"]["weights_bytes"] = pack(edge.state_dict(), compress=False).wire_size
-    models["edge"]["budget_macs"] = default_budget(cloud).max_macs
+    models["edge"]["budget"] = budget
+    models["edge"]["budget_macs"] = ctx.edge_budget().max_macs
+    models["edge_fixed"]["name"] = FIXED_MODELS[budget]
     results = {"config": {"methods": methods, "streams": {k: s.to_string() for k, s in streams.items()},
                           "batch_size": batch_size, "seed": seed, "quick": quick, "continual": True, "world": world,
-                          "data": dataset.source, "labels": list(dataset.description.labels),
+                          "budget": budget, "data": dataset.source, "labels": list(dataset.description.labels),
                           "torch_threads": torch.get_num_threads()},
                "models": models, "runs": {}}
     evaluators = {}
@@ -107,7 +110,8 @@ def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int,
                               f"upload {res['upload_ratio']:.3f}  {res['wall_s']:.1f} s")
         results["runs"][key] = {"schedule": schedule.to_string(), "methods": run}
     results["_evaluators"] = evaluators
-    results["goals"] = {key: goals(run["methods"], models) for key, run in results["runs"].items()}
+    results["goals"] = {key: goals(run["methods"], models, world, key.startswith("mixed"))
+                        for key, run in results["runs"].items()}
     return results
 
 
@@ -120,12 +124,18 @@ def cli(argv: list[str]) -> int:
     parser.add_argument("--frames-per-segment", type=int, default=0, help="0 = 1000 (quick: 64)")
     parser.add_argument("--schedule", default="", help="one stream of your own instead of the severities, e.g. "
                         "the demo's: 'clean:450,fog@3:900,...' (see world.parse_schedule)")
-    parser.add_argument("--world", choices=WORLDS, default="mild", help="corruption strengths: mild (CIFAR-10-C's) "
-                        "or harsh (ImageNet-C's, spatial parameters scaled from 224 px to the frame)")
+    parser.add_argument("--world", default="mild", help="corruption strengths, comma-separated: mild "
+                        "(CIFAR-10-C's) and/or harsh (ImageNet-C's, spatial parameters scaled from 224 px to the frame)")
+    parser.add_argument("--budget", default="small", help=f"the robot, comma-separated from "
+                        f"{','.join(BUDGET_SHARES)}: the sub-model its MACs afford and the fixed model of that "
+                        "budget trained alone")
+    parser.add_argument("--matrix", action="store_true", help="every world and every budget (one folder each, "
+                        "and summary.md over them)")
     parser.add_argument("--mixed", action="store_true", help="also a mixed-domain stream per severity (each frame "
                         "its own corruption)")
     parser.add_argument("--batch", type=int, default=64, help="frames per step")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", default="0", help="stream seed, or comma-separated seeds: accuracies are then "
+                        "reported as mean and standard deviation over them")
     parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
     data_arguments(parser)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
@@ -139,6 +149,15 @@ def cli(argv: list[str]) -> int:
             raise ValueError
     except ValueError:
         parser.error(f"--severity takes comma-separated integers 1..5, got {args.severity!r}")
+    try:
+        seeds = [int(s) for s in args.seed.split(",")]
+    except ValueError:
+        parser.error(f"--seed takes comma-separated integers, got {args.seed!r}")
+    worlds = list(WORLDS) if args.matrix else args.world.split(",")
+    budgets = list(BUDGET_SHARES) if args.matrix else args.budget.split(",")
+    for flag, values, known in (("--world", worlds, WORLDS), ("--budget", budgets, BUDGET_SHARES)):
+        if not values or any(v not in known for v in values):
+            parser.error(f"{flag} takes comma-separated values from {', '.join(known)}, got {','.join(values)!r}")
     if args.batch < 1:
         parser.error("--batch must be >= 1")
     fps = args.frames_per_segment or (64 if args.quick else 1000)
@@ -147,13 +166,24 @@ def cli(argv: list[str]) -> int:
                    else default_streams(severities, fps, args.mixed))
     except ValueError as exc:
         parser.error(str(exc))
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     console = Console()
-    try:
-        results = run_bench([m.strip() for m in args.methods.split(",") if m.strip()], streams, args.batch,
-                            args.seed, args.quick, args.cache, console, args.world, dataset)
-    except ValueError as exc:
-        parser.error(str(exc))
-    write_results(results, args.out)
-    console.print(to_markdown(results))
-    console.print(f"wrote {args.out}/results.json, results.md, accuracy.png")
+    cells = {}
+    t0 = time.perf_counter()
+    for world, budget in itertools.product(worlds, budgets):
+        out = args.out if len(worlds) * len(budgets) == 1 else args.out / f"{world}-{budget}"
+        try:
+            runs = [run_bench(methods, streams, args.batch, seed, args.quick, args.cache, console, world, dataset,
+                              budget) for seed in seeds]
+        except ValueError as exc:
+            parser.error(str(exc))
+        results = over_seeds(runs) if len(seeds) > 1 else runs[0]
+        write_results(results, out)
+        console.print(to_markdown(results))
+        console.print(f"wrote {out}/results.json, results.md, accuracy.png")
+        cells[f"{world}-{budget}"] = results
+    if len(cells) > 1:
+        (args.out / "summary.md").write_text(summary_markdown(cells, time.perf_counter() - t0))
+        console.print((args.out / "summary.md").read_text())
+        console.print(f"wrote {args.out}/summary.md")
     return 0

@@ -26,9 +26,9 @@ import torch
 
 from .bandwidth import ENCODING_ORDER, link_encoding
 from .chunking import split
-from .health import OK, WARN, EventWindow, Health
-from .messages import (KIND_FULL, EdgeStatus, LearnedModules, ModelUpdate, Profile, Registration, RegistrationReply,
-                       SampleBatch, UpdateHeader)
+from .health import ERROR, OK, WARN, EventWindow, Health
+from .messages import (KIND_FULL, MAX_UPLOAD_BATCH, EdgeStatus, LearnedModules, ModelUpdate, Profile, Registration,
+                       RegistrationReply, SampleBatch, UpdateHeader)
 from .models import BudgetError
 from .preprocess import ImageFormatError, Preprocessor
 from .selection import decode_frames
@@ -89,10 +89,12 @@ class Coordinator:
         self.downlinks: dict[str, float] = {}  # edge -> measured downlink bit/s
         self.counters = Counter(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0,
                                 registrations=0, recompositions=0, merges_accepted=0, merges_refused=0,
-                                modules_integrated=0, rejected_modules=0)
+                                modules_integrated=0, rejected_modules=0, saves=0, save_failures=0)
         self.encodings = Counter(dict.fromkeys(ENCODING_ORDER, 0))
         self.events = EventWindow(10.0, clock)
         self.last_reject = ""
+        self.save_error = ""  # why the last save failed, until one succeeds
+        self.saved_at: float | None = None
         self.work: queue.Queue = queue.Queue(maxsize=self.config.max_pending_batches)
         self._running = threading.Event()
         self._worker: threading.Thread | None = None
@@ -183,6 +185,8 @@ class Coordinator:
         try:
             if batch.edge_id not in self.versions:
                 raise ValueError(f"samples from unregistered edge {batch.edge_id!r}")
+            if not 0 < len(batch.frames) <= MAX_UPLOAD_BATCH:
+                raise ValueError(f"{len(batch.frames)} frames in one batch (1 to {MAX_UPLOAD_BATCH})")
             self._check_signature(batch.edge_id, batch.signed_bytes(), batch.signature_scheme, batch.signature)
             last = self.last_batch.get(batch.edge_id, -1)
             if batch.batch_seq <= last:
@@ -335,12 +339,12 @@ class Coordinator:
 
     # -- persistence and health -----------------------------------------------------------------------
     def save(self, wait_s: float | None = None) -> bool:
-        """Write the state atomically and durably: temp file, fsync, rename (a crash leaves the old one). With
-        ``wait_s``, give up (False) rather than wait longer for a learning step to release the state."""
+        """Write the state atomically and durably: temp file, fsync, rename, fsync of the folder (a crash or
+        power cut leaves the old file or the new one, whole). With ``wait_s``, give up (False) rather than wait
+        longer for a learning step to release the state. A full or failing disk is logged, reported in
+        ``health()`` and tried again at the next save: the cloud keeps serving from memory meanwhile."""
         if self.state_dir is None:
             return False
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / (STATE_FILE + ".tmp")
         if not self.lock.acquire(timeout=-1 if wait_s is None else wait_s):
             return False
         try:
@@ -348,11 +352,28 @@ class Coordinator:
                     "strategy": self.strategy.state_dict()}
         finally:
             self.lock.release()
-        with open(tmp, "wb") as f:
-            torch.save(blob, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_dir / STATE_FILE)
+        tmp = self.state_dir / (STATE_FILE + ".tmp")
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                torch.save(blob, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.state_dir / STATE_FILE)
+            _fsync_dir(self.state_dir)
+        except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as RuntimeError
+            tmp.unlink(missing_ok=True)  # give back the space a partial file holds
+            self.counters["save_failures"] += 1
+            self.save_error = f"cannot save state to {self.state_dir}: {type(exc).__name__}: {exc}"
+            self.log.error(f"{self.save_error} (failure {self.counters['save_failures']}); serving on from memory, "
+                           f"the last saved state stays on disk")
+            return False
+        if self.save_error:
+            self.log.info(f"state saved again ({self.counters['save_failures']} saves failed so far, the last: "
+                          f"{self.save_error})")
+            self.save_error = ""
+        self.counters["saves"] += 1
+        self.saved_at = self.clock()
         return True
 
     def restore(self) -> None:
@@ -382,7 +403,19 @@ class Coordinator:
                          {**{k: c[k] for k in ("updates", "registrations", "recompositions", "merges_accepted",
                                                "merges_refused")},
                           **{f"updates_{k}": v for k, v in self.encodings.items()}})
-        return [edges, uploads, updates]
+        return [edges, uploads, updates, self._state_health()]
+
+    def _state_health(self) -> Health:
+        """Whether what the cloud learned survives a restart: ERROR while saves fail (the last good file stays)."""
+        values = {"state_dir": str(self.state_dir or ""), "saves": self.counters["saves"],
+                  "save_failures": self.counters["save_failures"], "last_error": self.save_error}
+        if self.state_dir is None:
+            return Health("state", OK, "not persisted (no state_dir)", values)
+        if self.save_error:
+            return Health("state", ERROR, f"{self.save_error}; serving from memory", values)
+        if self.saved_at is None:
+            return Health("state", OK, "not saved yet", values)
+        return Health("state", OK, f"saved {self.clock() - self.saved_at:.0f} s ago", values)
 
     def close(self) -> None:
         """Stop learning and save, in bounded time: a learning step still running after 0.5 s dies with the
@@ -390,6 +423,14 @@ class Coordinator:
         self._running.clear()
         if self._worker is not None:
             self._worker.join(timeout=0.5)
-        if self.state_dir is not None and not self.save(wait_s=0.5):
+        if self.state_dir is not None and not self.save(wait_s=0.5) and not self.save_error:
             self.log.warning("stopping mid learning step: keeping the state saved last")
 
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable: the new directory entry is on disk once this returns."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -26,8 +26,8 @@ from .description import ModelDescription, architecture_json
 from .edge_runtime import UpdateError
 from .health import ERROR, OK, WARN, EventWindow, Health
 from .local_adapt import LocalAdapter
-from .messages import (KIND_NAMES, KIND_NORM_AFFINE, EdgeStatus, LearnedModules, ModelUpdate, Prediction, Profile,
-                       Registration, RegistrationReply, SampleBatch, Stamp)
+from .messages import (KIND_NAMES, KIND_NORM_AFFINE, MAX_UPLOAD_BATCH, EdgeStatus, LearnedModules, ModelUpdate,
+                       Prediction, Profile, Registration, RegistrationReply, SampleBatch, Stamp)
 from .preprocess import ImageFormatError, Preprocessor
 from .selection import Selector, encode_frames, entropy_one
 from .signing import SCHEME, SignatureError, sign
@@ -59,7 +59,7 @@ class EdgeConfig:
         """ValueError naming the setting unless every one is usable."""
         rules = [("edge_id", bool(self.edge_id), "must not be empty"),
                  ("upload_ratio", 0 <= self.upload_ratio <= 1, "must be in [0, 1]"),
-                 ("upload_batch", 1 <= self.upload_batch <= 1024, "must be in [1, 1024]"),
+                 ("upload_batch", 1 <= self.upload_batch <= MAX_UPLOAD_BATCH, f"must be in [1, {MAX_UPLOAD_BATCH}]"),
                  ("max_queued_batches", self.max_queued_batches >= 1, "must be >= 1"),
                  ("max_update_bytes", self.max_update_bytes > 0, "must be > 0"),
                  ("chunk_timeout_s", self.chunk_timeout_s > 0, "must be > 0"),

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .norm import EMA_MOMENTUM, affine_state, check_affine, load_affine, use_ema_stats
+from .shift import SHIFT_THRESHOLD, ShiftMomentum
 from .onnx_export import AdaptiveGraph, Layout, export_adaptive, load_state_vectors, state_vectors, structure_key
 
 
@@ -71,21 +72,24 @@ class _Swapper:
 class TorchEdgeRuntime(_Swapper):
     """A torch model served frame by frame, BatchNorm statistics following the stream (forward-only EMA)."""
 
-    def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM) -> None:
+    def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM,
+                 shift_threshold: float = SHIFT_THRESHOLD) -> None:
         super().__init__()
-        self.bn_momentum = bn_momentum
+        self.shift = ShiftMomentum(bn_momentum, shift_threshold)
         self._lock = threading.Lock()
         self._install(_load_state(model, None))
 
     def _install(self, model: nn.Module) -> None:
-        use_ema_stats(model, self.bn_momentum)
+        use_ema_stats(model, self.shift)
         self.model = model
 
     @torch.no_grad()
     def infer(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities [N,classes] for model input float32 [N,C,H,W]."""
         with self._lock:
-            return self.model(torch.from_numpy(x)).softmax(1).numpy()
+            probs = self.model(torch.from_numpy(x)).softmax(1).numpy()
+            self.shift.observe(self.shift.last_surprise)
+            return probs
 
     def affine_templates(self) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in affine_state(self.model).items()}
@@ -105,6 +109,7 @@ class TorchEdgeRuntime(_Swapper):
     def _swap_now(self, model: nn.Module) -> None:
         with self._lock:
             self._install(model)
+            self.shift.reset()
 
 
 class _Session:
@@ -112,22 +117,27 @@ class _Session:
     BatchNorm state (double-buffered: this frame's output is the next frame's input) and the output."""
 
     def __init__(self, graph_bytes: bytes, layout: Layout, model: nn.Module, options: ort.SessionOptions,
-                 x: np.ndarray) -> None:
+                 x: np.ndarray, momentum: np.ndarray) -> None:
         self.layout = layout
         self.session = ort.InferenceSession(graph_bytes, options, providers=["CPUExecutionProvider"])
         state, self.affine = state_vectors(model, layout)
         self.states = (state, state.copy())
+        self.momentum = momentum  # [1], written by the runtime before each frame
+        self.surprise = np.zeros(1, np.float32)
         num_classes = self.session.get_outputs()[0].shape[1]
         self.probs = np.zeros((x.shape[0], num_classes), np.float32)
         self.bindings = (self._bind(x, self.states[0], self.states[1]), self._bind(x, self.states[1], self.states[0]))
         self.turn = 0
-        self.session.run(None, {"x": np.zeros_like(x), "bn_state": state.copy(), "affine": self.affine})  # warm up
+        self.session.run(None, self._feeds(np.zeros_like(x), state.copy()))  # warm up
+
+    def _feeds(self, x: np.ndarray, state: np.ndarray) -> dict[str, np.ndarray]:
+        return {"x": x, "bn_state": state, "affine": self.affine, "bn_momentum": self.momentum}
 
     def _bind(self, x: np.ndarray, state_in: np.ndarray, state_out: np.ndarray) -> ort.IOBinding:
         b = self.session.io_binding()
-        for name, arr in (("x", x), ("bn_state", state_in), ("affine", self.affine)):
+        for name, arr in self._feeds(x, state_in).items():
             b.bind_input(name, "cpu", 0, np.float32, arr.shape, arr.ctypes.data)
-        for name, arr in (("probs", self.probs), ("bn_state_out", state_out)):
+        for name, arr in (("probs", self.probs), ("bn_state_out", state_out), ("surprise", self.surprise)):
             b.bind_output(name, "cpu", 0, np.float32, arr.shape, arr.ctypes.data)
         return b
 
@@ -141,8 +151,9 @@ class _Session:
         return self.probs.copy()
 
     def run_batch(self, x: np.ndarray) -> np.ndarray:
-        probs, state = self.session.run(None, {"x": x, "bn_state": self.state, "affine": self.affine})
+        probs, state, surprise = self.session.run(None, self._feeds(x, self.state))
         np.copyto(self.state, state)
+        np.copyto(self.surprise, surprise)
         return probs
 
 
@@ -164,9 +175,11 @@ class OrtEdgeRuntime(_Swapper):
     graph), a fraction of the per-frame cost, affine updates without a rebuild."""
 
     def __init__(self, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1,
-                 cache_size: int = 4, input_shape: tuple[int, ...] | None = None) -> None:
+                 cache_size: int = 4, input_shape: tuple[int, ...] | None = None,
+                 shift_threshold: float = SHIFT_THRESHOLD) -> None:
         super().__init__()
-        self.bn_momentum = bn_momentum
+        self.shift = ShiftMomentum(bn_momentum, shift_threshold)
+        self._momentum = np.full(1, bn_momentum, np.float32)
         self.options = session_options(threads)
         self._lock = threading.Lock()
         self.input_shape = tuple(input_shape or model.input_shape)
@@ -179,10 +192,10 @@ class OrtEdgeRuntime(_Swapper):
 
     def _graph_bytes(self, model: nn.Module) -> tuple[bytes, Layout]:
         """Export once per structure; a model of a known structure only patches its weights into the graph."""
-        key = structure_key(model, self.bn_momentum, self.input_shape)
+        key = structure_key(model, self.input_shape)
         graph = self._graphs.get(key) if key is not None else None
         if graph is None:
-            graph = export_adaptive(model, self.bn_momentum, self.input_shape)
+            graph = export_adaptive(model, self.input_shape)
             if key is not None:
                 self._graphs[key] = graph
                 while len(self._graphs) > self._cache_size:
@@ -193,7 +206,7 @@ class OrtEdgeRuntime(_Swapper):
 
     def _build(self, model: nn.Module) -> _Session:
         graph_bytes, layout = self._graph_bytes(model)
-        return _Session(graph_bytes, layout, model, self.options, self._x)
+        return _Session(graph_bytes, layout, model, self.options, self._x, self._momentum)
 
     @property
     def model(self) -> nn.Module:
@@ -207,10 +220,14 @@ class OrtEdgeRuntime(_Swapper):
         """Class probabilities [N,classes] for model input float32 [N,C,H,W]; one frame runs on the bound
         buffers."""
         with self._lock:
+            self._momentum[0] = self.shift.momentum
             if x.shape == self._x.shape:
                 np.copyto(self._x, x)
-                return self._current.run_bound()
-            return self._current.run_batch(np.ascontiguousarray(x, np.float32))
+                probs = self._current.run_bound()
+            else:
+                probs = self._current.run_batch(np.ascontiguousarray(x, np.float32))
+            self.shift.observe(float(self._current.surprise[0]))
+            return probs
 
     def affine_templates(self) -> dict[str, tuple[int, ...]]:
         layout = self._current.layout
@@ -240,13 +257,14 @@ class OrtEdgeRuntime(_Swapper):
                               f"{type(exc).__name__}: {exc}") from exc
         with self._lock:
             self._current, self._mirror = session, model
+            self.shift.reset()
 
 
 def make_runtime(kind: str, model: nn.Module, bn_momentum: float = EMA_MOMENTUM, threads: int = 1,
-                 input_shape: tuple[int, ...] | None = None):
+                 input_shape: tuple[int, ...] | None = None, shift_threshold: float = SHIFT_THRESHOLD):
     """``onnx`` (ONNX Runtime, forward-only devices) or ``torch``."""
     if kind == "onnx":
-        return OrtEdgeRuntime(model, bn_momentum, threads, input_shape=input_shape)
+        return OrtEdgeRuntime(model, bn_momentum, threads, input_shape=input_shape, shift_threshold=shift_threshold)
     if kind == "torch":
-        return TorchEdgeRuntime(model, bn_momentum)
+        return TorchEdgeRuntime(model, bn_momentum, shift_threshold)
     raise ValueError(f"unknown edge runtime {kind!r} (onnx, torch)")

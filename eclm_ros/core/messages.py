@@ -16,6 +16,7 @@ Stamp = tuple[int, int]  # (sec, nanosec) of a camera frame
 FRAME_META_BYTES = 4 + 4 + 8  # per uploaded frame besides its pixels and probabilities: class, entropy, stamp
 UPDATE_META_BYTES = 256  # a ModelUpdate's ids, versions, spec string and Ed25519 signature
 MESSAGE_META_BYTES = 64  # header, ids and sequence numbers of any other message
+MAX_UPLOAD_BATCH = 1024  # frames in one SampleBatch: an edge sends at most this many, the cloud decodes no more
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The modular cloud model (ECLM), the sub-models derived from it, and plain edge models to compare with.
 
 ECLM decomposes the cloud model into combinable modules. Here each stage holds several parallel residual
-modules whose outputs are averaged into the residual stream, so *any* non-empty subset of a stage's modules
-is a working network: a sub-model is a choice of modules per stage, picked for a device's compute budget and
-for the environment it currently sees. Training with random subsets (``training.py``) keeps every choice
+modules whose outputs are averaged into the residual stream, so *any* subset of a stage's modules (the empty
+one too when ``min_modules`` is 0: the stage then runs its transition alone) is a working network: a sub-model
+is a choice of modules per stage, picked for a device's compute budget and for the environment it currently
+sees. Training with random subsets and the smallest one (``training/trainer.py``) keeps every choice
 accurate; a sub-model only needs its BatchNorm statistics re-estimated (``norm.recalibrate``).
 """
 from __future__ import annotations
@@ -107,11 +108,13 @@ def _conv_bn(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class Stage(nn.Module):
-    """A shared transition (downsampling) and a set of parallel combinable modules."""
+    """A transition (when the stage downsamples or widens) and a set of parallel combinable modules. A model
+    trained with empty module sets (``min_modules`` 0) also runs a stage on its transition alone: the
+    cheapest sub-models are then the model's trunk (stem and transitions)."""
 
     def __init__(self, cin: int, cout: int, stride: int, module_ids: Sequence[int]) -> None:
         super().__init__()
-        self.transition = _conv_bn(cin, cout, stride)
+        self.transition = _conv_bn(cin, cout, stride) if stride != 1 or cin != cout else nn.Identity()
         self.blocks = nn.ModuleList(ResidualModule(cout) for _ in module_ids)
         self.module_ids = list(module_ids)
         self.active: list[int] | None = None  # indices into blocks used by forward; None = all
@@ -119,6 +122,8 @@ class Stage(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.transition(x)
         idx = range(len(self.blocks)) if self.active is None else self.active
+        if not idx:
+            return x
         branch = sum(self.blocks[i](x) for i in idx) / len(idx)
         return torch.relu(x + branch)
 
@@ -146,20 +151,26 @@ class _SizedModel(nn.Module):
 
 @register_model("modular_net")
 class ModularNet(_SizedModel):
-    """Stem, stages of combinable modules, head. ``module_ids`` per stage name the cloud modules it holds."""
+    """Stem, stages of combinable modules, head. ``module_ids`` per stage name the cloud modules it holds. The
+    stem may downsample (``stem_stride``); every stage after the first halves the resolution. ``min_modules``
+    is the fewest modules a stage of a sub-model may keep (0: a stage may run on its transition alone)."""
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64), modules_per_stage: int = 4,
                  module_ids: Sequence[Sequence[int]] | None = None, num_classes: int = 10, in_channels: int = 1,
-                 input_size: Sequence[int] = (28, 28)) -> None:
+                 input_size: Sequence[int] = (28, 28), stem_stride: int = 1, min_modules: int = 1) -> None:
         super().__init__()
         self._set_input(in_channels, input_size, num_classes)
         if module_ids is None:
             module_ids = [list(range(modules_per_stage)) for _ in widths]
         if len(module_ids) != len(widths):
             raise ValueError(f"{len(module_ids)} stages of module ids for {len(widths)} widths")
+        if stem_stride not in (1, 2) or min_modules not in (0, 1):
+            raise ValueError(f"stem_stride 1 or 2 and min_modules 0 or 1, got {stem_stride}, {min_modules}")
+        if any(len(ids) < min_modules for ids in module_ids):
+            raise ValueError(f"every stage holds at least {min_modules} module(s), got {list(module_ids)}")
         self.widths = tuple(widths)
-        self.modules_per_stage = modules_per_stage
-        self.stem = _conv_bn(in_channels, widths[0], 1)
+        self.modules_per_stage, self.stem_stride, self.min_modules = modules_per_stage, stem_stride, min_modules
+        self.stem = _conv_bn(in_channels, widths[0], stem_stride)
         self.stages = nn.ModuleList(
             Stage(widths[max(i - 1, 0)], w, 1 if i == 0 else 2, module_ids[i]) for i, w in enumerate(widths))
         self.head = nn.Linear(widths[-1], num_classes)
@@ -171,7 +182,8 @@ class ModularNet(_SizedModel):
     def config(self) -> dict:
         """Constructor arguments that rebuild this structure (saved with checkpoints)."""
         return {"widths": list(self.widths), "modules_per_stage": self.modules_per_stage,
-                "module_ids": [list(s.module_ids) for s in self.stages], **self._input_config()}
+                "module_ids": [list(s.module_ids) for s in self.stages], "stem_stride": self.stem_stride,
+                "min_modules": self.min_modules, **self._input_config()}
 
     def set_active(self, spec: SubModelSpec | None) -> None:
         """Run only ``spec``'s modules (training with random subsets); None runs all."""
@@ -190,22 +202,25 @@ class ModularNet(_SizedModel):
 
 @register_model("small_cnn")
 class SmallCNN(_SizedModel):
-    """A fixed small edge model trained on its own: the baseline a composed sub-model must beat."""
+    """A fixed small edge model trained on its own: the baseline a composed sub-model must beat at the same
+    budget. ``stem_stride`` 2 halves the resolution at once (the tiny budget)."""
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64), num_classes: int = 10, in_channels: int = 1,
-                 input_size: Sequence[int] = (28, 28)) -> None:
+                 input_size: Sequence[int] = (28, 28), stem_stride: int = 1) -> None:
         super().__init__()
         self._set_input(in_channels, input_size, num_classes)
+        if stem_stride not in (1, 2):
+            raise ValueError(f"stem_stride 1 or 2, got {stem_stride}")
         layers, cin = [], in_channels
         for i, w in enumerate(widths):
-            layers += [_conv_bn(cin, w, 1 if i == 0 else 2), _conv_bn(w, w, 1)]
+            layers += [_conv_bn(cin, w, stem_stride if i == 0 else 2), _conv_bn(w, w, 1)]
             cin = w
         self.features_ = nn.Sequential(*layers)
         self.head = nn.Linear(cin, num_classes)
-        self.widths = tuple(widths)
+        self.widths, self.stem_stride = tuple(widths), stem_stride
 
     def config(self) -> dict:
-        return {"widths": list(self.widths), **self._input_config()}
+        return {"widths": list(self.widths), "stem_stride": self.stem_stride, **self._input_config()}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features_(x), 1), 1))
@@ -266,8 +281,9 @@ def check_spec(cloud: ModularNet, spec: SubModelSpec) -> None:
     if len(spec.stages) != len(cloud.stages):
         raise SpecError(f"spec has {len(spec.stages)} stages, the model {len(cloud.stages)}")
     for i, (ids, stage) in enumerate(zip(spec.stages, cloud.stages)):
-        if not ids or not set(ids) <= set(stage.module_ids):
-            raise SpecError(f"stage {i}: modules {list(ids)} not a non-empty subset of {stage.module_ids}")
+        if len(ids) < cloud.min_modules or not set(ids) <= set(stage.module_ids):
+            raise SpecError(f"stage {i}: modules {list(ids)} not a subset of {stage.module_ids} with at least "
+                            f"{cloud.min_modules} module(s)")
 
 
 def module_key(stage: int, module_id: int) -> str:
@@ -353,18 +369,19 @@ def derive_spec(cloud: ModularNet, budget: Budget,
                 module_scores: Sequence[Sequence[float]] | None = None) -> SubModelSpec:
     """The sub-model that fits ``budget`` with the highest total module score.
 
-    With no scores (no knowledge of the environment yet) the largest sub-model that fits wins, ties broken
-    towards low module ids. Latency budgets scale the full model's measured latency by MACs.
+    With no scores (no knowledge of the environment yet) modules are spread over the stages (each further
+    module of a stage is worth less) and the most valuable sub-model that fits wins, ties towards low module
+    ids. Latency budgets scale the full model's measured latency by MACs.
     """
     base_p, base_m, per_stage = _costs(cloud)
     ids = [stage.module_ids for stage in cloud.stages]
-    if module_scores is None:
-        module_scores = [[1.0 - 1e-3 * j for j in range(len(s))] for s in ids]
+    if module_scores is None:  # each further module of a stage is worth less: spread modules over the stages
+        module_scores = [[1.0 / (1 + j) for j in range(len(s))] for s in ids]
     ms_per_mac = 0.0
     if budget.max_latency_ms:
         ms_per_mac = measure_latency_ms(cloud) / max(count_macs(cloud), 1)
     best, best_key = None, None
-    for counts in itertools.product(*[range(1, len(s) + 1) for s in ids]):
+    for counts in itertools.product(*[range(cloud.min_modules, len(s) + 1) for s in ids]):
         params = base_p + sum(k * per_stage[s][0] for s, k in enumerate(counts))
         macs = base_m + sum(k * per_stage[s][1] for s, k in enumerate(counts))
         if (budget.max_params and params > budget.max_params) or (budget.max_macs and macs > budget.max_macs) \
@@ -380,7 +397,8 @@ def derive_spec(cloud: ModularNet, budget: Budget,
         if best_key is None or key > best_key:
             best, best_key = SubModelSpec(tuple(chosen)), key
     if best is None:
-        smallest = (base_p + sum(p for p, _ in per_stage), base_m + sum(m for _, m in per_stage))
+        smallest = (base_p + cloud.min_modules * sum(p for p, _ in per_stage),
+                    base_m + cloud.min_modules * sum(m for _, m in per_stage))
         raise BudgetError(f"no sub-model fits {budget}: the smallest one needs {smallest[0]} params and "
                           f"{smallest[1]} MACs per frame")
     return best

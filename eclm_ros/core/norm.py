@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .shift import ShiftMomentum
+
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
 BATCH_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d)
 EMA_MOMENTUM = 0.01  # per frame: BatchNorm statistics follow the last ~100 frames (0.02 / 0.04 measured worse)
@@ -88,25 +90,31 @@ def use_batch_stats(model: nn.Module) -> nn.Module:
     return model
 
 
-def use_ema_stats(model: nn.Module, momentum: float = EMA_MOMENTUM) -> list:
+def use_ema_stats(model: nn.Module, momentum: float | ShiftMomentum = EMA_MOMENTUM) -> list:
     """Forward-only test-time BN for a frame-by-frame edge: each BatchNorm layer first folds the incoming
     activations' statistics into its running statistics (EMA), then normalises with them. A single frame
     cannot supply batch statistics; an EMA over recent frames tracks the environment just the same. The
     variance is taken about the updated running mean, not the frame's own mean: averaging each frame's own
     variance would miss how frames differ from each other and normalise with too small a variance.
+    With a ``ShiftMomentum`` the momentum follows it; each frame's surprise at the first layer (before its
+    statistics move) is left in its ``last_surprise`` for the caller to ``observe`` once the frame is served.
     Returns the hook handles (``handle.remove()`` restores plain eval behaviour)."""
-    if not 0 < momentum <= 1:
-        raise ValueError(f"momentum must be in (0, 1], got {momentum}")
+    schedule = momentum if isinstance(momentum, ShiftMomentum) else ShiftMomentum(float(momentum), threshold=0)
+    bns = [m for m in batch_norms(model) if m.running_mean is not None]
 
     def hook(bn: nn.BatchNorm2d, args):
         x = args[0].detach()
+        m = schedule.momentum
         dims = [0] + list(range(2, x.dim()))
-        bn.running_mean.mul_(1 - momentum).add_(x.mean(dims), alpha=momentum)
+        mean = x.mean(dims)
+        if bn is bns[0]:
+            schedule.last_surprise = float(((mean - bn.running_mean).square() / (bn.running_var + bn.eps)).mean())
+        bn.running_mean.mul_(1 - m).add_(mean, alpha=m)
         centred = x - bn.running_mean.view(1, -1, *([1] * (x.dim() - 2)))
-        bn.running_var.mul_(1 - momentum).add_(centred.square().mean(dims), alpha=momentum)
+        bn.running_var.mul_(1 - m).add_(centred.square().mean(dims), alpha=m)
 
     model.eval()
-    return [m.register_forward_pre_hook(hook) for m in batch_norms(model) if m.running_mean is not None]
+    return [m.register_forward_pre_hook(hook) for m in bns]
 
 
 @torch.no_grad()

@@ -5,11 +5,14 @@ The torch exporter gives the structure and the weights (BatchNorm kept as BatchN
 pass then rewires every BatchNorm layer:
 - its running mean/var come from one input vector ``bn_state`` and its affine weight/bias from one input vector
   ``affine`` (one Split each), so an affine update is a copy into a buffer the session reads, never a rebuild;
-- a training-mode BatchNormalization folds the frame's per-channel mean and (biased) variance into the running
-  statistics (EMA with the runtime's momentum), four elementwise ops on [C] vectors (and the frame's mean)
-  turn that variance into the variance about the updated mean (``norm.use_ema_stats``), an inference-mode
-  BatchNormalization normalises with the updated statistics;
-- the updated statistics leave as one output ``bn_state_out`` (fed back as the next frame's ``bn_state``).
+- a training-mode BatchNormalization (momentum 0, on constant statistics) gives the frame's per-channel mean
+  and (biased) variance, nine elementwise ops on [C] vectors fold them into the running statistics with the
+  momentum the graph is given per frame (input ``bn_momentum``: ``shift.ShiftMomentum`` raises it after a
+  change of environment), the variance taken about the updated mean (``norm.use_ema_stats``), and an
+  inference-mode BatchNormalization normalises with the updated statistics;
+- the updated statistics leave as one output ``bn_state_out`` (fed back as the next frame's ``bn_state``), and
+  the first layer's surprise (mean squared z-distance of the frame's mean to the running statistics) as
+  ``surprise``.
 Few, fused ops per BatchNorm layer: on a small CPU the per-op overhead costs as much as the convolutions.
 
 Conv and Linear weights stay initializers (constants ORT pre-packs and lays out for its NCHWc kernels), keyed
@@ -33,8 +36,8 @@ from torch import nn
 from .norm import BATCH_NORM_TYPES, norm_layers
 
 OPSET = 17
-INPUTS = ("x", "bn_state", "affine")
-OUTPUTS = ("probs", "bn_state_out")
+INPUTS = ("x", "bn_state", "affine", "bn_momentum")
+OUTPUTS = ("probs", "bn_state_out", "surprise")
 _PREFIX = "model."  # the exported wrapper's attribute name: initializers are named "model.<state-dict name>"
 
 
@@ -110,13 +113,13 @@ def load_state_vectors(model: nn.Module, layout: Layout, bn_state: np.ndarray, a
             offset += 2 * size
 
 
-def structure_key(model: nn.Module, momentum: float, input_shape: tuple[int, ...]) -> str | None:
+def structure_key(model: nn.Module, input_shape: tuple[int, ...]) -> str | None:
     """Two models with equal keys export to the same graph up to weights; None when that cannot be known."""
     config = getattr(model, "config", None)
     if not callable(config):
         return None
     shapes = [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
-    return json.dumps([type(model).__qualname__, config(), shapes, momentum, list(input_shape)], sort_keys=True,
+    return json.dumps([type(model).__qualname__, config(), shapes, list(input_shape)], sort_keys=True,
                       default=str)
 
 
@@ -168,12 +171,10 @@ def drop_initializer_inputs(proto: onnx.ModelProto) -> None:
     proto.graph.input.extend(kept)
 
 
-def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, ...] | None = None) -> AdaptiveGraph:
+def export_adaptive(model: nn.Module, input_shape: tuple[int, ...] | None = None) -> AdaptiveGraph:
     """The adaptive graph of ``model`` (left untouched): inputs x [N,C,H,W] (``input_shape``, default the
-    model's own), bn_state, affine; outputs probs [N,classes], bn_state_out. Raises ExportError for a model it
-    cannot express."""
-    if not 0 < momentum <= 1:
-        raise ExportError(f"momentum must be in (0, 1], got {momentum}")
+    model's own), bn_state, affine, bn_momentum [1]; outputs probs [N,classes], bn_state_out, surprise [1].
+    Raises ExportError for a model it cannot express."""
     model = copy.deepcopy(model).eval().requires_grad_(False)
     layout = layout_of(model)
     input_shape = input_shape or getattr(model, "input_shape", None)
@@ -189,9 +190,12 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
     stats = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("mean", "var")]
     affine = [f"bn{i}.{k}" for i in range(len(layout.sizes)) for k in ("weight", "bias")]
     nodes = [helper.make_node("Split", ["bn_state", "bn_split"], stats, axis=0),
-             helper.make_node("Split", ["affine", "bn_split"], affine, axis=0)] if layout.sizes else []
+             helper.make_node("Split", ["affine", "bn_split"], affine, axis=0),
+             helper.make_node("Sub", ["bn_one", "bn_momentum"], ["bn_keep"]),
+             helper.make_node("Mul", ["bn_keep", "bn_keep"], ["bn_keep2"])] if layout.sizes else []
     replaced: set[str] = set()
     seen: set[int] = set()
+    constants: set[int] = set()
     for node in graph.node:
         if node.op_type != "BatchNormalization":
             nodes.append(node)
@@ -202,40 +206,56 @@ def export_adaptive(model: nn.Module, momentum: float, input_shape: tuple[int, .
         seen.add(i)
         replaced.update(node.input[1:])
         eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
-        ins = [f"bn{i}.weight", f"bn{i}.bias"]
-        nodes.append(helper.make_node(  # folds the frame's statistics into the running ones (EMA)
-            "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean", f"bn{i}.var"],
-            [f"bn{i}.batch_y", f"bn{i}.mean_out", f"bn{i}.frame_var"], epsilon=eps, momentum=1.0 - momentum,
-            training_mode=1, name=f"bn{i}.ema"))
-        # the EMA of each frame's own variance misses how frames differ: take it about the updated mean, as
-        # norm.use_ema_stats does (var += m * (frame mean - mean_out)^2). The frame mean is recomputed, not
-        # taken from the running mean input: ORT updates that buffer in place.
-        nodes += [helper.make_node("ReduceMean", [node.input[0]], [f"bn{i}.frame_mean"], axes=[0, 2, 3],
-                                   keepdims=0),
-                  helper.make_node("Sub", [f"bn{i}.frame_mean", f"bn{i}.mean_out"], [f"bn{i}.shift"]),
-                  helper.make_node("Mul", [f"bn{i}.shift", f"bn{i}.shift"], [f"bn{i}.shift2"]),
-                  helper.make_node("Mul", [f"bn{i}.shift2", "bn_momentum"], [f"bn{i}.spread"]),
-                  helper.make_node("Add", [f"bn{i}.frame_var", f"bn{i}.spread"], [f"bn{i}.var_out"])]
+        size = layout.sizes[i]
+        constants.add(size)
+        ins, b = [f"bn{i}.weight", f"bn{i}.bias"], f"bn{i}."
+        nodes.append(helper.make_node(  # the frame's own statistics (momentum 0 on constant running ones)
+            "BatchNormalization", [node.input[0], *ins, f"bn_zeros{size}", f"bn_ones{size}"],
+            [b + "batch_y", b + "frame_mean", b + "frame_var"], epsilon=eps, momentum=0.0, training_mode=1,
+            name=b + "frame"))
+        # mean_out = mean + m d and var_out = var + m (frame_var - var + (1 - m)^2 d^2), d = frame mean - mean:
+        # the variance about the updated mean, as norm.use_ema_stats takes it
+        nodes += [helper.make_node("Sub", [b + "frame_mean", b + "mean"], [b + "d"]),
+                  helper.make_node("Mul", [b + "d", "bn_momentum"], [b + "md"]),
+                  helper.make_node("Add", [b + "mean", b + "md"], [b + "mean_out"]),
+                  helper.make_node("Sub", [b + "frame_var", b + "var"], [b + "e"]),
+                  helper.make_node("Mul", [b + "d", b + "d"], [b + "dd"]),
+                  helper.make_node("Mul", [b + "dd", "bn_keep2"], [b + "dd2"]),
+                  helper.make_node("Add", [b + "e", b + "dd2"], [b + "u"]),
+                  helper.make_node("Mul", [b + "u", "bn_momentum"], [b + "mu"]),
+                  helper.make_node("Add", [b + "var", b + "mu"], [b + "var_out"])]
+        if i == 0:
+            nodes += [helper.make_node("Add", [b + "var", "bn_eps"], [b + "var_eps"]),
+                      helper.make_node("Div", [b + "dd", b + "var_eps"], [b + "z2"]),
+                      helper.make_node("ReduceMean", [b + "z2"], ["surprise"], axes=[0], keepdims=1)]
         nodes.append(helper.make_node(  # normalises with the updated statistics
-            "BatchNormalization", [node.input[0], *ins, f"bn{i}.mean_out", f"bn{i}.var_out"], list(node.output),
-            epsilon=eps, name=f"bn{i}.norm"))
+            "BatchNormalization", [node.input[0], *ins, b + "mean_out", b + "var_out"], list(node.output),
+            epsilon=eps, name=b + "norm"))
     if len(seen) != len(layout.sizes):
         raise ExportError(f"{len(layout.sizes)} BatchNorm layers, {len(seen)} in the exported graph "
                           "(a layer that is not run, or one the exporter fused)")
     if layout.sizes:
         nodes.append(helper.make_node("Concat", [f"{s}_out" for s in stats], ["bn_state_out"], axis=0))
-    else:  # a model with nothing to adapt (served as it is): the state vectors are empty
-        nodes.append(helper.make_node("Identity", ["bn_state"], ["bn_state_out"]))
+    else:  # a model with nothing to adapt (served as it is): the state vectors are empty, nothing surprises
+        nodes += [helper.make_node("Identity", ["bn_state"], ["bn_state_out"]),
+                  helper.make_node("Mul", ["bn_momentum", "bn_nan"], ["surprise"])]
     del graph.node[:]
     graph.node.extend(nodes)
     kept = [init for init in graph.initializer if init.name not in replaced]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     graph.initializer.append(numpy_helper.from_array(np.repeat(np.asarray(layout.sizes, np.int64), 2), "bn_split"))
-    graph.initializer.append(numpy_helper.from_array(np.float32(momentum), "bn_momentum"))
+    for size in sorted(constants):
+        graph.initializer.extend([numpy_helper.from_array(np.zeros(size, np.float32), f"bn_zeros{size}"),
+                                  numpy_helper.from_array(np.ones(size, np.float32), f"bn_ones{size}")])
+    graph.initializer.extend([numpy_helper.from_array(np.ones(1, np.float32), "bn_one"),
+                              numpy_helper.from_array(np.full(1, 1e-5, np.float32), "bn_eps"),
+                              numpy_helper.from_array(np.full(1, np.nan, np.float32), "bn_nan")])
     graph.input.extend([helper.make_tensor_value_info("bn_state", TensorProto.FLOAT, [layout.length]),
-                        helper.make_tensor_value_info("affine", TensorProto.FLOAT, [layout.length])])
-    graph.output.append(helper.make_tensor_value_info("bn_state_out", TensorProto.FLOAT, [layout.length]))
+                        helper.make_tensor_value_info("affine", TensorProto.FLOAT, [layout.length]),
+                        helper.make_tensor_value_info("bn_momentum", TensorProto.FLOAT, [1])])
+    graph.output.extend([helper.make_tensor_value_info("bn_state_out", TensorProto.FLOAT, [layout.length]),
+                         helper.make_tensor_value_info("surprise", TensorProto.FLOAT, [1])])
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:

@@ -173,14 +173,66 @@ def encode_frames(images, encoding: str = "png", quality: int = 90) -> list[byte
     return out
 
 
+#: Uploads are model views (28x28 for the default model, 224x224 for a large one): a header claiming more is
+#: forged or foreign, and PNG/JPEG compress a huge blank image into a few hundred kilobytes (12000x12000 pixels
+#: took 0.4 MB on the wire and 280 MB and a second to decode here).
+MAX_UPLOAD_PIXELS = 1 << 20
+_PNG, _JPEG = b"\x89PNG\r\n\x1a\n", b"\xff\xd8"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def image_size(blob: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG or JPEG header, read before anything is decoded; ValueError for any other
+    bytes (OpenCV would try every format it knows on them) and for a PNG chunk that claims more bytes than
+    follow it (OpenCV's PNG reader allocates what a chunk claims: 1.1 GB for 72 forged bytes here)."""
+    if blob[:8] == _PNG and blob[12:16] == b"IHDR" and len(blob) >= 24:
+        i = 8
+        while i + 8 <= len(blob) and blob[i + 4:i + 8] != b"IEND":
+            length = int.from_bytes(blob[i:i + 4], "big")
+            if i + 12 + length > len(blob):
+                raise ValueError(f"PNG chunk at byte {i} claims {length} bytes, {len(blob) - i - 12} follow")
+            i += 12 + length
+        return int.from_bytes(blob[16:20], "big"), int.from_bytes(blob[20:24], "big")
+    if blob[:2] != _JPEG:
+        raise ValueError("not a PNG or JPEG image")
+    i = 2
+    while i + 4 <= len(blob):  # marker segments up to the frame header (SOFn) that holds the size
+        if blob[i] != 0xFF:
+            raise ValueError(f"JPEG segment at byte {i} does not start with a marker")
+        marker = blob[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0xD9, 0xDA):  # end of image or start of scan before any frame header
+            break
+        length = int.from_bytes(blob[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF and length >= 7 and i + 9 <= len(blob):
+            return int.from_bytes(blob[i + 7:i + 9], "big"), int.from_bytes(blob[i + 5:i + 7], "big")
+        i += 2 + length
+    raise ValueError("JPEG without a frame header")
+
+
+def decode_image(blob: bytes, flag: int, max_pixels: int) -> np.ndarray:
+    """One PNG or JPEG (cv2.imdecode ``flag``), refused with ValueError unless its header names a size of 1 to
+    ``max_pixels`` pixels and the bytes decode: a forged header must not make the decoder allocate gigabytes."""
+    width, height = image_size(blob)
+    if not 0 < width * height <= max_pixels:
+        raise ValueError(f"image of {width}x{height} pixels refused (at most {max_pixels} pixels)")
+    img = cv2.imdecode(np.frombuffer(blob, np.uint8), flag)
+    if img is None or img.size == 0:
+        raise ValueError(f"{len(blob)} bytes do not decode as the {width}x{height} PNG/JPEG they claim to be")
+    return img
+
+
 def decode_frames(blobs: list[bytes], channels: int = 1) -> list[np.ndarray]:
     """Decode uploaded frames into uint8 views (HxW grey, or HxWx3 RGB for ``channels`` 3); refuses anything
-    that is not an image."""
+    that is not a PNG/JPEG image of at most ``MAX_UPLOAD_PIXELS``."""
     flag = cv2.IMREAD_GRAYSCALE if channels == 1 else cv2.IMREAD_COLOR
     imgs = []
     for i, blob in enumerate(blobs):
-        img = cv2.imdecode(np.frombuffer(blob, np.uint8), flag)
-        if img is None:
-            raise ValueError(f"frame {i} is not a decodable PNG/JPEG image")
+        try:
+            img = decode_image(bytes(blob), flag, MAX_UPLOAD_PIXELS)
+        except ValueError as exc:
+            raise ValueError(f"frame {i}: {exc}") from exc
         imgs.append(img if channels == 1 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
     return imgs

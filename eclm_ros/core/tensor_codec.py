@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -26,6 +27,9 @@ FLOAT_DTYPES = ("float32", "float64", "float16")
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 _BLOB_MAGIC = b"ECLMTB1\0"
 _MAX_HEADER = 16 * 1024 * 1024
+_INT32 = (-2**31, 2**31 - 1)  # msg/TensorSpec.msg's zero_point
+_FLOAT32_MAX = float(np.finfo(np.float32).max)  # and its scale
+_INT64_MAX, _MAX_DIMS = 2**63 - 1, 32  # what numpy can shape an array into
 
 
 class CodecError(ValueError):
@@ -47,7 +51,8 @@ class TensorSpec:
 
     @property
     def count(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 1
+        """Elements, in Python integers: a forged shape must not wrap around int64 into a small number."""
+        return math.prod(self.shape)
 
 
 @dataclass(frozen=True)
@@ -89,8 +94,9 @@ class Bundle:
     def signed_parts(self) -> list[bytes]:
         """What an upload signature covers of a bundle: every field that decides how the payload decodes (the
         int8 scale as it reads after the float32 wire encoding, so sender and receiver agree) and the payload."""
-        specs = [[s.name, s.dtype, list(s.shape), s.encoding, float(np.float32(s.scale)), int(s.zero_point),
-                  int(s.offset), int(s.length)] for s in self.specs]
+        with np.errstate(over="ignore"):  # a forged scale beyond float32 is signed as inf (and refused by unpack)
+            specs = [[s.name, s.dtype, list(s.shape), s.encoding, float(np.float32(s.scale)), int(s.zero_point),
+                      int(s.offset), int(s.length)] for s in self.specs]
         header = json.dumps([self.compression, int(self.raw_size), self.digest, specs], separators=(",", ":"))
         return [header.encode(), bytes(self.payload)]
 
@@ -119,8 +125,9 @@ class Bundle:
             )
             return cls(specs, data[start + hlen:], str(header["compression"]), int(header["raw_size"]),
                        str(header["digest"]))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CodecError(f"bundle header is not valid: {exc}") from exc
+        except (ValueError, KeyError, TypeError, OverflowError, RecursionError) as exc:
+            # OverflowError: a number no float or index holds; RecursionError: JSON nested beyond the parser
+            raise CodecError(f"bundle header is not valid: {type(exc).__name__}: {exc}") from exc
 
 
 def digest(payload: bytes) -> str:
@@ -195,10 +202,16 @@ def _check_spec(spec: TensorSpec, raw_size: int) -> None:
         raise CodecError(f"tensor {spec.name!r}: unknown encoding {spec.encoding!r}")
     if spec.encoding != "raw" and spec.dtype not in FLOAT_DTYPES:
         raise CodecError(f"tensor {spec.name!r}: encoding {spec.encoding} is only for float tensors")
-    if spec.encoding == "int8" and not (np.isfinite(spec.scale) and spec.scale > 0):
-        raise CodecError(f"tensor {spec.name!r}: int8 scale {spec.scale} is not a positive finite number")
-    if any(d < 0 for d in spec.shape):
-        raise CodecError(f"tensor {spec.name!r}: negative dimension in shape {spec.shape}")
+    if spec.encoding == "int8" and not 0 < spec.scale <= _FLOAT32_MAX:  # NaN fails too
+        raise CodecError(f"tensor {spec.name!r}: int8 scale {spec.scale} is not a positive finite float32")
+    if not _INT32[0] <= spec.zero_point <= _INT32[1]:
+        raise CodecError(f"tensor {spec.name!r}: zero point {spec.zero_point} does not fit the wire's int32")
+    # numpy shapes an array only if its non-zero dimensions multiply to a byte size that fits int64, even
+    # when another dimension is 0
+    if len(spec.shape) > _MAX_DIMS or any(d < 0 for d in spec.shape) \
+            or math.prod(max(d, 1) for d in spec.shape) > _INT64_MAX // 8:
+        raise CodecError(f"tensor {spec.name!r}: shape {spec.shape[:8]} has a negative dimension, more than "
+                         f"{_MAX_DIMS} dimensions or more elements than numpy can address")
     if spec.count * _wire_itemsize(spec) != spec.length:
         raise CodecError(f"tensor {spec.name!r}: shape {spec.shape} needs "
                          f"{spec.count * _wire_itemsize(spec)} bytes, spec says {spec.length}")

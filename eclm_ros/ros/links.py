@@ -4,6 +4,7 @@ another robot's weights."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Callable
 
 from rclpy.duration import Duration
@@ -15,6 +16,7 @@ from .ros_io import (RELIABLE_QOS, UPDATE_QOS, modules_to_msg, profile_to_msg, s
                      update_to_msg)
 
 EDGE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+MATCH_WAIT_S = 2.0  # a fresh update topic waits this long for the edge's subscription to be discovered
 
 
 def edge_id_for(node, configured: str) -> str:
@@ -45,10 +47,12 @@ def updates_topic(cloud_namespace: str, edge_id: str) -> str:
 
 
 class EdgePublishers:
-    """The cloud's publishers on each edge's own topic ``<name>/<edge_id>``, made at the first message for it."""
+    """The cloud's publishers on each edge's own topic ``<name>/<edge_id>``, made at the first message for it; a
+    fresh one waits up to ``match_wait_s`` for the edge's subscription to be discovered."""
 
-    def __init__(self, node, name: str, msg_type, qos) -> None:
+    def __init__(self, node, name: str, msg_type, qos, match_wait_s: float = 0.0) -> None:
         self.node, self.name, self.msg_type, self.qos = node, name, msg_type, qos
+        self.match_wait_s = match_wait_s
         self.publishers: dict[str, object] = {}
 
     def __getitem__(self, edge_id: str):
@@ -56,6 +60,9 @@ class EdgePublishers:
         if pub is None:
             pub = self.publishers[edge_id] = self.node.create_publisher(
                 self.msg_type, edge_topic(self.name, "", edge_id), self.qos)
+            deadline = time.monotonic() + self.match_wait_s
+            while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
         return pub
 
 
@@ -105,7 +112,9 @@ class DdsCloudLink:
 
     def __init__(self, node) -> None:
         self.node = node
-        self.publishers = EdgePublishers(node, "updates", ModelUpdate, UPDATE_QOS)
+        # chunks published before discovery matched the edge would reach it only through the transient-local history,
+        # which keeps the last few: the edge would drop a whole chunked update and wait for the next
+        self.publishers = EdgePublishers(node, "updates", ModelUpdate, UPDATE_QOS, MATCH_WAIT_S)
 
     def send_update(self, edge_id: str, parts: list[m.ModelUpdate]) -> None:
         pub = self.publishers[edge_id]

@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from ..core.messages import MAX_UPLOAD_BATCH
 from ..sim.corruptions import WORLDS
 
 BIG = 2 ** 62  # an integer parameter's "no upper limit" in its descriptor range
@@ -82,10 +83,13 @@ EDGE_LEARNER = (
     Param("allow_unadaptable", False, "serve a model without normalisation layers (nothing adapts; no cloud "
           "update applies)", read_only=True),
     Param("upload_ratio", 0.2, "share of frames the edge may upload", 0.0, 1.0),
-    Param("upload_batch", 16, "frames per SampleBatch", 1, 1024),
+    Param("upload_batch", 16, "frames per SampleBatch", 1, MAX_UPLOAD_BATCH),
     Param("max_queued_batches", 32, "uploads kept while the cloud is unreachable (oldest dropped first)", 1, 100_000),
     Param("bn_momentum", 0.01, "per-frame EMA of BatchNorm statistics (forward-only adaptation)", 0.0, 1.0,
           low_open=True, read_only=True),
+    Param("shift_threshold", 3.0, "a change of environment when the first layer's fast surprise exceeds this "
+          "multiple of its slow one: the statistics then average the frames since (0 = never)", 0.0, 100.0,
+          read_only=True),
     KEYS_DIR,
     Param("insecure", False, "lab only: start without keys, applying unsigned updates and sending unsigned "
           "uploads (keys found are still used)", read_only=True),

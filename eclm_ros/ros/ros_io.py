@@ -19,6 +19,7 @@ from builtin_interfaces.msg import Time
 
 from ..core import messages as m
 from ..core.health import OK, Health
+from ..core.selection import decode_image
 from ..core.tensor_codec import Bundle, TensorSpec
 from ..msg import (DeviceProfile, EdgeStatus, EncodedFrame, LearnedModules, ModelUpdate, SampleBatch,
                    TensorBundle)
@@ -33,6 +34,9 @@ PIXEL_LAYOUTS: dict[str, tuple[int, str]] = {"mono8": (1, "u1"), "rgb8": (3, "u1
 YUV422 = {"yuv422": cv2.COLOR_YUV2RGB_UYVY, "uyvy": cv2.COLOR_YUV2RGB_UYVY, "yuv422_yuy2": cv2.COLOR_YUV2RGB_YUY2,
           "yuyv": cv2.COLOR_YUV2RGB_YUY2}
 ENCODINGS = (*PIXEL_LAYOUTS, *YUV422)
+#: A compressed camera frame's header may claim at most this many pixels (8192 x 8192; an 8K camera has 33 M):
+#: a few hundred kilobytes of PNG can claim gigabytes.
+MAX_CAMERA_PIXELS = 8192 * 8192
 
 #: Camera frames: best effort, keep the latest few (the ROS sensor-data profile).
 SENSOR_QOS = qos_profile_sensor_data
@@ -100,13 +104,13 @@ def _decode_compressed(msg: CompressedImage) -> tuple[np.ndarray, str]:
     if "compresseddepth" in fmt:
         raise ImageError(f"format {msg.format!r}: compressedDepth is not supported (subscribe to the raw depth "
                          "topic with image_transport:=raw)")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size == 0:
+    data = bytes(msg.data)
+    if not data:
         raise ImageError(f"empty CompressedImage (format {msg.format!r})")
-    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if img is None or img.size == 0:
-        raise ImageError(f"cannot decode {buf.size} bytes of format {msg.format!r} (jpeg or png expected)")
-    img = _to_8bit(img)
+    try:
+        img = _to_8bit(decode_image(data, cv2.IMREAD_UNCHANGED, MAX_CAMERA_PIXELS))
+    except ValueError as exc:
+        raise ImageError(f"format {msg.format!r}: {exc} (jpeg or png expected)") from exc
     if img.ndim == 3 and img.shape[2] == 4:
         return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR), "bgr"
     return img, "bgr"  # OpenCV decodes colour to BGR (image_transport compresses bgr8 anyway)

@@ -7,11 +7,11 @@ from ..models import ModularNet
 from .base import Cause, MergeDecision, ModulesRefused, Strategy, Update
 from .compose import Compose
 from .compose_merge import ComposeMerge
-from .distil import Distil, default_budget
+from .distil import BUDGET_SHARES, Distil, default_budget
 
 STRATEGIES: dict[str, type[Distil]] = {"distil": Distil, "compose": Compose, "eclm_ros": ComposeMerge}
 
-__all__ = ["STRATEGIES", "Cause", "Compose", "ComposeMerge", "Distil", "MergeDecision", "ModulesRefused",
+__all__ = ["BUDGET_SHARES", "STRATEGIES", "Cause", "Compose", "ComposeMerge", "Distil", "MergeDecision", "ModulesRefused",
            "Strategy", "Update", "default_budget", "make_strategy"]
 
 

@@ -19,11 +19,15 @@ from ..norm import affine_state
 from ..preprocess import Preprocessor
 from .base import Cause, Strategy, Update
 
-DEFAULT_BUDGET_FRACTION = 0.45  # an edge that states no budget affords this share of the cloud model's MACs
+# Robots by the share of the cloud model's MACs per frame they afford: ``small`` (a robot with a free core;
+# 16 M MACs for the default 28x28 model) and ``tiny`` (a busy Nano-class board; <= 3 M). An edge that states
+# no budget is ``small``.
+BUDGET_SHARES = {"small": 0.47, "tiny": 0.086}
+DEFAULT_BUDGET_FRACTION = BUDGET_SHARES["small"]
 
 
 def default_budget(cloud: ModularNet, fraction: float = DEFAULT_BUDGET_FRACTION) -> Budget:
-    """The budget of an edge that states none: a share of the cloud model's MACs per frame."""
+    """The budget of an edge that states none (or a named one's share): a share of the cloud model's MACs."""
     return Budget(max_macs=int(spec_cost(cloud, cloud.spec)[1] * fraction))
 
 

@@ -52,7 +52,7 @@ class EdgeLearner(ManagedNode):
         if gaps:
             self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         runtime = make_runtime(p["runtime"], model.model, p["bn_momentum"], p["runtime_threads"],
-                               model.description.input_shape())
+                               model.description.input_shape(), p["shift_threshold"])
         self.agent = EdgeAgent(runtime, model.description, DdsEdgeLink(self, p["cloud_namespace"]), config,
                                cloud_key=cloud_key, private_key=private_key, log=core_logger(self, "edge"))
         self.prediction = Prediction()  # reused: publish() serialises it at once
