@@ -137,10 +137,12 @@ def test_a_slow_downlink_is_not_mistaken_for_an_edge_out_of_sync(quick_model, tm
     agent = world.add_edge()
     world.run(60)
     registrations = world.cloud.counters["registrations"]
-    world.net.set_link("robot1", downlink=LinkModel(rate_bps=20_000))  # the model: seconds
+    world.net.set_link("robot1", downlink=LinkModel(rate_bps=20_000))
     world.cloud.on_link("robot1", 20_000)
     reply = world.cloud.reassemble("robot1", agent.config.profile, "operator")  # the whole model travels
-    versions = world.run(900, start=60)  # 30 s, a heartbeat every second
+    transfer = world.net.down["robot1"].free_at - world.clock()
+    assert transfer > 5.0, transfer  # five heartbeats or more while it travels
+    versions = world.run(int((transfer + 10.0) * FPS), start=60)  # until 10 s after it arrived
     assert agent.version > reply.version and agent.counters["rejected_updates"] == 0, agent.reasons
     assert world.cloud.counters["registrations"] == registrations  # no resync
     assert all(b >= a for a, b in zip(versions, versions[1:]))
