@@ -51,8 +51,8 @@ SCHEDULE = "50M:60,2M:60,256k:90,down:30,50M:60"
 CAMERA_SCHEDULE = ("clean:450,fog@3:900,contrast@3:900,gaussian_noise@3:900,motion_blur@3:900,brightness@3:900,"
                    "pixelate@3:900,frost@3:900*")  # the demo's harsh stream, repeated
 TOLERANCE = 0.25  # an estimate within +-25 % of the shaped rate counts as settled
-# The default model's affine update is ~1.3 KB at fp16, which the default 1 s deadline carries even at 256 kbit/s;
-# 5 ms makes the cloud shrink it to int8 below ~2 Mbit/s, so the run shows the encoding following the link.
+# The default model's affine update is ~5.2 KB at fp16, which the default 1 s deadline carries even at 256 kbit/s;
+# 5 ms makes the cloud shrink it to int8 below ~8 Mbit/s, so the run shows the encoding following the link.
 UPDATE_DEADLINE_S = 0.005
 APPLIED = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*edge_learner\]: applied (\w+) update, now serving version (\d+)")
 REJECTED = re.compile(r"\[(\d+\.\d+)\] \[[^\]]*edge_learner\]: rejected (?!image)")
