@@ -172,7 +172,8 @@ class Rig:
 
 def _learned(state: dict) -> dict[str, tuple[int, int]]:
     """Per edge, (version, frames learned from) in a state file."""
-    return {e: (int(v), int(state["strategy"].get(e, {}).get("frames", 0))) for e, v in state["versions"].items()}
+    edges = state["strategy"]["edges"]
+    return {e: (int(v), int(edges.get(e, {}).get("frames", 0))) for e, v in state["versions"].items()}
 
 
 def _serving(rig: Rig, edges: list[str], above: dict[str, int], timeout: float, what: str) -> float:
