@@ -205,7 +205,7 @@ def write_results(results: dict, out: Path) -> None:
     public = {k: v for k, v in results.items() if not k.startswith("_")}
     (out / "results.json").write_text(json.dumps(public, indent=2))
     (out / "results.md").write_text(to_markdown(results))
-    frames = max(r["frames"] for run in results["runs"].values() for r in run["methods"].values())
+    frames = int(max(r["frames"] for run in results["runs"].values() for r in run["methods"].values()))  # a mean
     plot(results, out / "accuracy.png", window=max(16, frames // 30))
 
 
