@@ -1,8 +1,11 @@
 """bandwidth_monitor: measures the edge-cloud link and publishes `bandwidth` (BandwidthEstimate).
 
 Active: round trips of the cloud's `bandwidth_probe` service with payloads both ways (throughput). Passive:
-the bytes of this edge's uploads and updates actually seen on the eclm topics. A probe that does not return
-within `probe_timeout_s` counts as lost; when the recent ones all fail the link is reported down.
+the bytes of this edge's uploads and updates actually seen on the eclm topics: its own update topic, and the
+shared upload topic through a DDS content filter on its edge id (rclpy from Kilted on), so in a fleet no
+robot's monitor is sent the other robots' uploads (before Kilted they arrive and are counted as foreign). A
+probe that does not return within `probe_timeout_s` counts as lost; when the recent ones all fail the link is
+reported down.
 """
 import time
 
@@ -16,6 +19,11 @@ from ..links import edge_id_for, updates_topic
 from ..params import BANDWIDTH_MONITOR, NodeParameters
 from ..ros_io import RELIABLE_QOS, UPDATE_QOS, Diagnostics, period_s, run_node, set_period
 
+try:  # rclpy's content-filtered subscriptions (Kilted and newer)
+    from rclpy.subscription_content_filter_options import ContentFilterOptions
+except ImportError:
+    ContentFilterOptions = None
+
 
 class BandwidthMonitor(Node):
     def __init__(self) -> None:
@@ -27,13 +35,18 @@ class BandwidthMonitor(Node):
         self.client = self.create_client(BandwidthProbe, f"{cloud}/bandwidth_probe")
         self.pub = self.create_publisher(BandwidthEstimate, "bandwidth", RELIABLE_QOS)
         self.cloud_pub = self.create_publisher(BandwidthEstimate, f"{cloud}/link_estimates", RELIABLE_QOS)
-        self.create_subscription(SampleBatch, f"{cloud}/samples", self.on_samples, RELIABLE_QOS)
+        own = {"content_filter_options": ContentFilterOptions("edge_id = %0", [f"'{self.edge_id}'"])} \
+            if ContentFilterOptions else {}
+        self.samples = self.create_subscription(SampleBatch, f"{cloud}/samples", self.on_samples, RELIABLE_QOS,
+                                                **own)
         self.create_subscription(ModelUpdate, updates_topic(cloud, self.edge_id), self.on_update, UPDATE_QOS)
         self.diagnostics = Diagnostics(self, self.settings)
         self.payload = bytes(p["probe_bytes"])
         self.seq = 0
         self.outstanding: tuple[int, float, object] | None = None
         self.bytes_up = self.bytes_down = 0
+        self.seen_up = 0  # this edge's upload bytes seen since start
+        self.foreign = 0  # other robots' uploads that reached this monitor (none through a content filter)
         self.window_start = time.monotonic()
         self.timer = self.create_timer(p["probe_period_s"], self.on_timer)
 
@@ -50,7 +63,11 @@ class BandwidthMonitor(Node):
 
     def on_samples(self, msg: SampleBatch) -> None:
         if msg.edge_id == self.edge_id:
-            self.bytes_up += sum(len(f.data) for f in msg.frames)
+            size = sum(len(f.data) for f in msg.frames)
+            self.bytes_up += size
+            self.seen_up += size
+        else:
+            self.foreign += 1
 
     def on_update(self, msg: ModelUpdate) -> None:
         self.bytes_down += len(msg.bundle.payload)
@@ -98,7 +115,9 @@ class BandwidthMonitor(Node):
             self.window_start = now
         self.diagnostics.publish([Health("link", OK if est.link_up else ERROR, "link up" if est.link_up else "link down", {
             "uplink_bps": f"{est.uplink_bps:.0f}", "downlink_bps": f"{est.downlink_bps:.0f}",
-            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}"})])
+            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}", "seen_upload_bytes": self.seen_up,
+            "uploads_filtered": bool(ContentFilterOptions and self.samples.is_cft_enabled),
+            "foreign_uploads": self.foreign})])
 
 
 def main() -> None:
