@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from eclm_ros.core.adapt.tent import collect_params, configure_model, softmax_entropy
 from eclm_ros.core.coordinator import Coordinator, CoordinatorConfig
-from eclm_ros.core.distill import DistillConfig, DistillEngine, Distiller, confidence_weights
+from eclm_ros.core.distill import DistillConfig, DistillEngine, confidence_weights
 from eclm_ros.core.messages import KIND_NORM_AFFINE, Profile, Registration, SampleBatch
 from eclm_ros.core.norm import affine_state
 from eclm_ros.core.selection import encode_frames

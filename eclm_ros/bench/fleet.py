@@ -72,6 +72,11 @@ class Robot:
     def group(self) -> int:
         return (self.index + self.index // GROUPS) % GROUPS  # kinds and groups mix
 
+    def phase(self, frames: int) -> int:
+        """Where in its group's stream the robot's camera starts: robots are not in step with each other (in
+        step, a group's robots would select and upload the same frames at the same moments)."""
+        return self.index * 7919 % max(frames, 1)
+
     def schedule(self, frames: int, severity: int) -> str:
         """Three environments of ``frames`` / 3 frames each, repeating."""
         segment = max(frames // 3, 1)
@@ -247,12 +252,17 @@ def simulate(n: int, cloud: Checkpoint, edge: Checkpoint, args, console) -> dict
         if clock() >= next_frame - 1e-9:
             for i, (r, agent) in enumerate(zip(robots, agents)):
                 images, labels = frames[r.group, (r.index // GROUPS) % VARIANTS]
-                pred = agent.on_frame(images[frame])
+                t = (frame + r.phase(total)) % total
+                pred = agent.on_frame(images[t])
                 agent.tick()
-                correct[i] += pred is not None and pred.class_id == labels[frame]
+                correct[i] += pred is not None and pred.class_id == labels[t]
                 seen[i] += 1
             frame += 1
             next_frame = frame / args.fps
+            if frame % int(10 * args.fps) == 0:
+                console.print(f"  {clock():.0f} of {args.seconds:.0f} simulated s: {coordinator.counters['learned_frames']} "
+                              f"frames learned, {coordinator.counters['dropped_batches']} batches dropped, "
+                              f"{time.perf_counter() - t0:.0f} s")
         if clock() >= next_merge:
             coordinator.merge_round()
             next_merge += MERGE_PERIOD_S
@@ -276,8 +286,9 @@ def simulate(n: int, cloud: Checkpoint, edge: Checkpoint, args, console) -> dict
                       [x for a in agents for x in a.update_latencies],
                       np.array([max(a.counters["applied"] - 1, 0) for a in agents]),
                       {r.name: correct[i] / max(seen[i], 1) for i, r in enumerate(robots)}, robots,
-                      {"ray_workers": args.ray_workers, "lane_busy": [round(x / args.seconds, 3) for x in lane_cpu],
-                       "wall_s": round(wall, 1)})
+                      {"ray_workers": args.ray_workers, "learning_cpu_s": round(sum(lane_cpu), 2),
+                       "admission_cpu_s": round(front.cpu_s, 2),
+                       "lane_busy": [round(x / args.seconds, 3) for x in lane_cpu], "wall_s": round(wall, 1)})
     if pool:
         pool.shutdown()
     strategy.close()

@@ -9,7 +9,7 @@ import yaml
 
 from ..core.checkpoint import default_path
 from ..core.signing import KeyRing
-from ..ros.launcher import NodeProcess, Recorder
+from ..ros.launcher import NodeProcess, Recorder, node_executable
 from ..ros.links import edge_id_from
 
 STATE_FILE = "coordinator_state.pt"

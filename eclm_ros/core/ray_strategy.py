@@ -29,10 +29,11 @@ START_TIMEOUT_S = 300.0  # workers import torch and build the models; a cluster 
 
 
 def _ray():
+    """The ray module; ValueError (a refused setting, as a node reports it) where Ray is not installed."""
     try:
         import ray
     except ImportError as exc:
-        raise RuntimeError(f"learning on Ray workers needs Ray: {RAY_HINT}") from exc
+        raise ValueError(f"learning on Ray workers needs Ray: {RAY_HINT}") from exc
     return ray
 
 
@@ -83,7 +84,7 @@ class RayStrategy(Strategy):
         ready, _ = ray.wait([s.pid.remote() for s in self.shards], num_returns=workers, timeout=START_TIMEOUT_S)
         if len(ready) < workers:
             self.close()
-            raise RuntimeError(f"{workers - len(ready)} of {workers} Ray workers did not start within "
+            raise ValueError(f"{workers - len(ready)} of {workers} Ray workers did not start within "
                                f"{START_TIMEOUT_S:.0f} s: the cluster lacks {threads} free CPU(s) per worker, or "
                                f"eclm_ros is not installed on its nodes")
         self.pids = ray.get(ready)
