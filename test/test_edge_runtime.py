@@ -94,7 +94,7 @@ def test_swap_mid_stream_serves_the_new_model_from_the_next_frame(edge_model, cl
     with torch.no_grad():
         for p in same_structure.parameters():
             p.mul_(0.9)
-    new_structure = build_submodel(cloud, SubModelSpec(((0, 2), (1,), (0, 1, 2)) + ((1,),) * (len(cloud.stages) - 3)))
+    new_structure = build_submodel(cloud, SubModelSpec(((0, 2), (1,), (0, 1, 2), (0,))))
     frames = _frames(30, seed=4)
     _run(runtime, frames[:10])
     for new_model, stream in ((same_structure, frames[10:20]), (new_structure, frames[20:])):
@@ -125,7 +125,7 @@ def test_failing_rebuild_leaves_the_old_model_serving(edge_model, cloud, monkeyp
     if failure == "export":
         bad = _broken_model()
     else:  # a graph ONNX Runtime cannot load: the session build fails after a successful export
-        bad = build_submodel(cloud, SubModelSpec(((1,), (2,), (0,)) + ((0,),) * (len(cloud.stages) - 3)))
+        bad = build_submodel(cloud, SubModelSpec(((1,), (2,), (0,), (1,))))
         monkeypatch.setattr(edge_runtime.OrtEdgeRuntime, "_graph_bytes",
                             lambda self, model: (b"not an onnx graph", None))
     with pytest.raises(UpdateError, match="still serving the previous model"):

@@ -56,14 +56,16 @@ class OrtDefault:
     pinned to one for the one-core comparison, unless ``threads=0``), ``session.run`` with a feed dict."""
 
     def __init__(self, model: torch.nn.Module, momentum: float = EMA_MOMENTUM, threads: int = 1) -> None:
-        graph = export_adaptive(model, momentum)
+        graph = export_adaptive(model)
+        self.momentum = np.full(1, momentum, np.float32)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         self.session = ort.InferenceSession(graph.to_bytes(), options, providers=["CPUExecutionProvider"])
         self.state, self.affine = state_vectors(model, graph.layout)
 
     def infer(self, x: np.ndarray) -> np.ndarray:
-        probs, self.state = self.session.run(None, {"x": x, "bn_state": self.state, "affine": self.affine})
+        probs, self.state, _ = self.session.run(None, {"x": x, "bn_state": self.state, "affine": self.affine,
+                                                       "bn_momentum": self.momentum})
         return probs
 
 

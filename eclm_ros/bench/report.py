@@ -149,8 +149,9 @@ def to_markdown(results: dict) -> str:
                   "| method | accuracy | upload ratio | uplink | downlink | updates | frames | wall s |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for name, r in run["methods"].items():
-            lines.append(f"| {name} | {r['accuracy']:.4f} | {r['upload_ratio']:.3f} | {_fmt_bytes(r['uplink_bytes'])}"
-                         f" | {_fmt_bytes(r['downlink_bytes'])} | {r['updates']} | {r['frames']} | {r['wall_s']} |")
+            accuracy = f"{r['accuracy']:.4f}" + (f" ± {r['accuracy_std']:.4f}" if "accuracy_std" in r else "")
+            lines.append(f"| {name} | {accuracy} | {r['upload_ratio']:.3f} | {_fmt_bytes(r['uplink_bytes'])}"
+                         f" | {_fmt_bytes(r['downlink_bytes'])} | {r['updates']:g} | {r['frames']:g} | {r['wall_s']:.1f} |")
         names = list(run["methods"])
         segs = list(next(iter(run["methods"].values()))["per_segment"])
         lines += ["", "| segment | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]

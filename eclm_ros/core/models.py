@@ -1,9 +1,10 @@
 """The modular cloud model (ECLM), the sub-models derived from it, and plain edge models to compare with.
 
 ECLM decomposes the cloud model into combinable modules. Here each stage holds several parallel residual
-modules whose outputs are averaged into the residual stream, so *any* non-empty subset of a stage's modules
-is a working network: a sub-model is a choice of modules per stage, picked for a device's compute budget and
-for the environment it currently sees. Training with random subsets (``training.py``) keeps every choice
+modules whose outputs are averaged into the residual stream, so *any* subset of a stage's modules (the empty
+one too when ``min_modules`` is 0: the stage then runs its transition alone) is a working network: a sub-model
+is a choice of modules per stage, picked for a device's compute budget and for the environment it currently
+sees. Training with random subsets and the smallest one (``training/trainer.py``) keeps every choice
 accurate; a sub-model only needs its BatchNorm statistics re-estimated (``norm.recalibrate``).
 """
 from __future__ import annotations
@@ -375,8 +376,9 @@ def derive_spec(cloud: ModularNet, budget: Budget,
                 module_scores: Sequence[Sequence[float]] | None = None) -> SubModelSpec:
     """The sub-model that fits ``budget`` with the highest total module score.
 
-    With no scores (no knowledge of the environment yet) the largest sub-model that fits wins, ties broken
-    towards low module ids. Latency budgets scale the full model's measured latency by MACs.
+    With no scores (no knowledge of the environment yet) modules are spread over the stages (each further
+    module of a stage is worth less) and the most valuable sub-model that fits wins, ties towards low module
+    ids. Latency budgets scale the full model's measured latency by MACs.
     """
     base_p, base_m, per_stage = _costs(cloud)
     ids = [stage.module_ids for stage in cloud.stages]

@@ -41,6 +41,8 @@ class ShiftMomentum:
     @property
     def momentum(self) -> float:
         """The momentum for the next frame."""
+        if not self.threshold:
+            return self.base
         return max(1.0 / (self.since + self.warmup), self.base)
 
     def observe(self, surprise: float) -> None:

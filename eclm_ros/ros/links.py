@@ -4,6 +4,7 @@ another robot's weights."""
 from __future__ import annotations
 
 import re
+import time
 from typing import Callable
 
 from rclpy.duration import Duration
@@ -15,6 +16,7 @@ from .ros_io import (RELIABLE_QOS, UPDATE_QOS, modules_to_msg, profile_to_msg, s
                      update_to_msg)
 
 EDGE_ID = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+MATCH_WAIT_S = 2.0  # a fresh update topic waits this long for the edge's subscription to be discovered
 
 
 def edge_id_for(node, configured: str) -> str:
@@ -91,6 +93,11 @@ class DdsCloudLink:
         if pub is None:
             pub = self.publishers[edge_id] = self.node.create_publisher(
                 ModelUpdate, updates_topic(self.namespace, edge_id), UPDATE_QOS)
+            # chunks published before discovery matched the edge would reach it only through the transient-local
+            # history, which keeps the last few: the edge would drop a whole chunked update and wait for the next
+            deadline = time.monotonic() + MATCH_WAIT_S
+            while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
         stamp = self.node.get_clock().now().to_msg()
         for i, part in enumerate(parts):
             if i and i % UPDATE_QOS.depth == 0:
