@@ -12,6 +12,8 @@ SUBCOMMANDS = {
     "train": ("eclm_ros.training.trainer", "train the cloud and edge models into the checkpoint cache"),
     "bench": ("eclm_ros.bench.run", "run every adaptation method on the same shifting stream, side by side"),
     "bench-edge": ("eclm_ros.bench.edge", "edge runtime speed, update latency and DDS transport figures"),
+    "bench-link": ("eclm_ros.bench.link", "the system across a real link (network namespaces, tc-shaped, cut): "
+                   "estimates, budgets, encodings, outage, accuracy per phase"),
     "bench-faults": ("eclm_ros.bench.faults", "faults on the node processes (kills, full disk, clock jumps, floods) "
                      "and fuzzing of every network decoder"),
     "bench-fleet": ("eclm_ros.bench.fleet", "one cloud and a growing fleet: cost and memory per edge, update latency, "

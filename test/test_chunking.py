@@ -200,8 +200,8 @@ def test_edge_learner_applies_chunked_updates_and_gives_up_incomplete_ones(quick
 
 
 def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_path):
-    """cloud_coordinator with a small max_chunk_bytes: the registration's full update leaves in chunks and the
-    edge serves it."""
+    """cloud_coordinator with a small max_chunk_bytes: the registration's full update and a re-assembled one leave
+    in chunks and the edge serves them."""
     import yaml
 
     from node_processes import NodeProcess, Recorder, ros_available, wait_for
@@ -211,8 +211,9 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
     from sensor_msgs.msg import Image
 
     from eclm_ros.ros.launcher import node_executable
-    from eclm_ros.msg import ModelUpdate, Prediction
+    from eclm_ros.msg import DeviceProfile, ModelUpdate, Prediction
     from eclm_ros.ros.ros_io import RELIABLE_QOS, SENSOR_QOS, UPDATE_QOS
+    from eclm_ros.srv import ReassembleSubmodel
 
     from node_processes import model_params
 
@@ -243,13 +244,22 @@ def test_cloud_chunks_large_updates_and_the_edge_applies_them(quick_cache, tmp_p
             return _serving(images, preds, rng)
 
         wait_for(lambda: serving() >= 1, 120, "the edge serving the cloud's first (chunked) update")
+        # under load the recorder may match the update topic after version 1's first chunks left (the cloud waits
+        # for the edge's subscription only): once it hears the topic, a re-assembly (0 = no limit: the whole cloud
+        # model) sends a full update that it records from its first chunk
+        sent = recorder.received["/chunked_cloud/updates/chunked_edge"]
+        wait_for(lambda: sent, 60, "the recorder matched to the edge's update topic")
+        client = recorder.node.create_client(ReassembleSubmodel, "/chunked_cloud/reassemble_submodel")
+        assert client.wait_for_service(timeout_sec=30)
+        future = client.call_async(ReassembleSubmodel.Request(edge_id="chunked_edge", reason="operator",
+                                                              profile=DeviceProfile()))
+        answer = wait_for(lambda: future.done() and future.result(), 60, "the re-assembly answer")
+        assert answer.accepted, answer.message
+        wait_for(lambda: serving() >= answer.version, 120, "the edge serving the re-assembled (chunked) model")
     finally:
         recorder.close()
         for p in procs:
             p.stop()
-    sent = recorder.received["/chunked_cloud/updates/chunked_edge"]
-    # a recorder that matched the update topic late may have missed the first version's early chunks (the edge
-    # then waits for a later one): some chunked update must have been recorded whole
     counts = {m.version: m.chunk_count for m in sent}
     indices: dict[int, list[int]] = {}
     for m in sent:

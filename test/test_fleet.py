@@ -35,7 +35,6 @@ def test_one_cloud_serves_a_mixed_fleet_and_each_robot_gets_and_measures_only_it
     from eclm_ros.bench.fleet import fleet
     from eclm_ros.core.models import SubModelSpec, spec_cost
     from eclm_ros.msg import BandwidthEstimate, EdgeStatus, ModelUpdate
-    from eclm_ros.ros.nodes.bandwidth_monitor import ContentFilterOptions
     from eclm_ros.ros.ros_io import RELIABLE_QOS, UPDATE_QOS
 
     cloud = quick_model("cloud").model
@@ -76,11 +75,14 @@ def test_one_cloud_serves_a_mixed_fleet_and_each_robot_gets_and_measures_only_it
         wait_for(lambda: all(_newest(diagnostics, f"/{n}/bandwidth_monitor", "link") for n in names), 30,
                  "every monitor reporting")
 
-        for r in robots:  # on the DDS graph, an edge's update topic reaches only its own robot's nodes
-            readers = {(i.node_namespace, i.node_name) for i in
-                       listener.node.get_subscriptions_info_by_topic(f"/eclm/updates/{r.name}")
-                       if i.node_name != listener.node.get_name()}
-            assert readers == {(f"/{r.name}", "edge_learner"), (f"/{r.name}", "bandwidth_monitor")}, readers
+        def readers(topic: str) -> set[tuple[str, str]]:
+            return {(i.node_namespace, i.node_name) for i in listener.node.get_subscriptions_info_by_topic(topic)
+                    if i.node_name != listener.node.get_name()}
+
+        for r in robots:  # on the DDS graph, an edge's update and probe-answer topics reach only its own robot
+            assert readers(f"/eclm/updates/{r.name}") == {(f"/{r.name}", "edge_learner")}
+            assert readers(f"/eclm/link_probes/{r.name}") == {(f"/{r.name}", "bandwidth_monitor")}
+        assert readers("/eclm/samples") == {("/eclm", "cloud_coordinator")}  # no robot reads another's uploads
         for n in names:  # ... and carried only updates for it, none of which any robot refused or ignored
             assert listener.received[f"/eclm/updates/{n}"]
             assert {u.target_edge for u in listener.received[f"/eclm/updates/{n}"]} == {n}
@@ -101,14 +103,10 @@ def test_one_cloud_serves_a_mixed_fleet_and_each_robot_gets_and_measures_only_it
         assert all(f"version/{n}" in cloud_edges for n in names)  # one cloud serves them all
 
         assert {m.edge_id for m in listener.received["/eclm/link_estimates"]} == set(names)
-        for n in names:  # every monitor reports its own robot's link, and saw no other robot's upload
+        for n in names:  # every monitor reports its own robot's link, measured by its own probes
             assert listener.received[f"/{n}/bandwidth"]
             assert {m.edge_id for m in listener.received[f"/{n}/bandwidth"]} == {n}
-            link = _newest(diagnostics, f"/{n}/bandwidth_monitor", "link")
-            uploaded = int(edge(n, "uploads")["uploaded_bytes"])
-            if ContentFilterOptions is not None:  # rclpy filters on DDS (Kilted on); before, the monitor drops them
-                assert link["uploads_filtered"] == "True" and link["foreign_uploads"] == "0", (n, link)
-            assert 0 < int(link["seen_upload_bytes"]) <= 1.5 * uploaded + 20_000, (n, link, uploaded)
+            assert any(m.link_up and m.downlink_bps > 0 for m in listener.received[f"/{n}/bandwidth"]), n
     finally:
         listener.close()
     for proc in system.procs:

@@ -491,8 +491,8 @@ RUN_TIME_VALUES = {
                      "device": "jetson-orin-nano"},
     "cloud_coordinator": {"update_encoding": "int8", "update_deadline_s": 2.0, "max_pending_batches": 32,
                           "save_period_s": 5.0, "max_chunk_bytes": 2 ** 23, "merge_period_s": 20.0},
-    "bandwidth_monitor": {"probe_period_s": 0.7, "probe_bytes": 16384, "reply_bytes": 8192, "probe_timeout_s": 1.5,
-                          "upload_share": 0.4},
+    "bandwidth_monitor": {"probe_period_s": 0.7, "probe_bytes": 16384, "reply_bytes": 8192, "probe_time_s": 0.2,
+                          "probe_timeout_s": 1.5, "upload_share": 0.4},
     "camera_stream": {"rate_hz": 25.0, "encoding": "rgb8", "frame_id": "cam_front", "max_frames": 100_000},
 }
 

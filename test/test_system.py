@@ -110,6 +110,44 @@ def test_uploads_keep_to_the_link_budget_and_the_queue_is_bounded(quick_model, t
     assert len(agent.queue) == 0  # a recovered link drains the queue
 
 
+def test_a_link_reported_down_takes_no_upload_and_its_return_is_a_check_in_at_once(quick_model, tmp_path):
+    world = World(quick_model, tmp_path, upload_batch=4, upload_ratio=1.0, register_period_s=30.0)
+    agent = world.add_edge()
+    agent.on_link(1e6, link_up=True)
+    world.run(30)
+    sent = agent.counters["batches_sent"]
+    agent.on_link(5e5, link_up=False)  # the monitor's last budget, but the link is down
+    world.run(60, start=30)
+    assert agent.counters["batches_sent"] == sent and len(agent.queue) > 0  # not one batch into a dead link
+    heartbeats = []
+    register = agent.link.register
+    agent.link.register = lambda request, done: (heartbeats.append(request.current_version), register(request, done))
+    agent.on_link(1e6, link_up=True)
+    world.run(3, start=90)
+    assert len(heartbeats) == 1  # at once, not a 30 s heartbeat period later
+    world.run(30, start=93)
+    assert len(agent.queue) == 0
+
+
+def test_a_slow_downlink_is_not_mistaken_for_an_edge_out_of_sync(quick_model, tmp_path):
+    """A new model takes many heartbeat periods on a slow downlink: the cloud, told the downlink by the edge's
+    monitor, waits for it (its bits over the measured rate) instead of resending it behind itself again and again
+    (the edge would refuse the updates already travelling as older than each new registration)."""
+    world = World(quick_model, tmp_path, upload_batch=8, upload_ratio=0.3, register_period_s=1.0)
+    agent = world.add_edge()
+    world.run(60)
+    registrations = world.cloud.counters["registrations"]
+    world.net.set_link("robot1", downlink=LinkModel(rate_bps=20_000))
+    world.cloud.on_link("robot1", 20_000)
+    reply = world.cloud.reassemble("robot1", agent.config.profile, "operator")  # the whole model travels
+    transfer = world.net.down["robot1"].free_at - world.clock()
+    assert transfer > 5.0, transfer  # five heartbeats or more while it travels
+    versions = world.run(int((transfer + 10.0) * FPS), start=60)  # until 10 s after it arrived
+    assert agent.version > reply.version and agent.counters["rejected_updates"] == 0, agent.reasons
+    assert world.cloud.counters["registrations"] == registrations  # no resync
+    assert all(b >= a for a, b in zip(versions, versions[1:]))
+
+
 def test_an_outage_queues_uploads_and_the_edge_resyncs_after_it(quick_model, tmp_path):
     world = World(quick_model, tmp_path, upload_batch=4, upload_ratio=0.5, max_queued_batches=8,
                   register_period_s=1.0)

@@ -43,6 +43,7 @@ from .transport import CloudLink
 from .updates import signature_for
 
 STATE_FILE = "coordinator_state.pt"
+LINK_SLACK = 2.0  # an update's expected time on the link: its bits over the measured downlink, times this
 
 
 @dataclass
@@ -53,7 +54,7 @@ class CoordinatorConfig:
     update_deadline_s: float = 1.0
     max_pending_batches: int = 64
     max_chunk_bytes: int = 16 * 1024 * 1024
-    resync_grace_s: float = 2.0  # a heartbeat this soon after an update may not have seen it yet
+    resync_grace_s: float = 2.0  # a heartbeat this soon after an update's expected arrival may not have seen it yet
     round_frames: int = 512  # uploaded frames learned from in one batched round (one batch per edge at most)
 
     def check(self) -> None:
@@ -86,8 +87,10 @@ class Coordinator:
         self.versions: dict[str, int] = {}
         self.last_batch: dict[str, int] = {}  # per edge, the highest batch_seq learned from (replays refused)
         self.module_uploads: dict[str, deque] = {}  # per edge, the signatures of its latest module uploads
-        self.sent_at: dict[str, float] = {}  # edge -> when its newest update left
-        self.full_version: dict[str, int] = {}  # edge -> version of its newest full update
+        # edge -> when its newest update should have arrived: its bits over the measured downlink after those sent
+        # before it; inf while the edge's link is down (DDS holds them and delivers them when it is back)
+        self.arrive_by: dict[str, float] = {}
+        self.links_down: set[str] = set()  # edges whose monitor reports their link down
         self.last_status: dict[str, EdgeStatus] = {}
         self.downlinks: dict[str, float] = {}  # edge -> measured downlink bit/s
         self.counters = Counter(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0,
@@ -127,6 +130,7 @@ class Coordinator:
         if not edge_id:
             return RegistrationReply(False, "edge_id must not be empty")
         with self.lock:
+            self._link_back(edge_id)  # a registration crossed it
             if self.strategy.in_sync(edge_id, request.profile) and self._version_in_sync(edge_id, request.current_version):
                 return RegistrationReply(True, "in sync", self.strategy.served_spec(edge_id), request.current_version)
             try:
@@ -141,12 +145,21 @@ class Coordinator:
         return RegistrationReply(True, update.cause.value, update.submodel_spec, version)
 
     def _version_in_sync(self, edge_id: str, version: int) -> bool:
-        """The edge serves the newest version, or one of the versions that were still travelling to it."""
+        """The edge serves the newest version, or an older one while the newer ones are still travelling to it
+        (on a slow link a full model takes seconds; resending it then would only queue another behind it, and the
+        edge would refuse the affine updates already on their way as older than its new registration)."""
         newest = self.versions.get(edge_id)
         if newest is None or version > newest:
             return False
-        in_flight = self.clock() - self.sent_at.get(edge_id, -float("inf")) < self.config.resync_grace_s
-        return version == newest or (in_flight and version >= self.full_version.get(edge_id, newest))
+        in_flight = self.clock() < self.arrive_by.get(edge_id, -float("inf")) + self.config.resync_grace_s
+        return version == newest or (in_flight and version > 0)
+
+    def _link_back(self, edge_id: str) -> None:
+        """The edge's link works again: what was sent while it was down is delivered from now."""
+        if edge_id in self.links_down:
+            self.links_down.discard(edge_id)
+            if self.arrive_by.get(edge_id) == float("inf"):
+                self.arrive_by[edge_id] = self.clock()
 
     def reassemble(self, edge_id: str, profile: Profile, reason: str = "operator") -> RegistrationReply:
         """Re-derive an edge's sub-model for a new budget (or its current environment); the weights follow as
@@ -171,7 +184,12 @@ class Coordinator:
         if not np.isfinite(downlink_bps) or downlink_bps < 0:
             self._refuse("link", f"link estimate for {edge_id!r}: downlink {downlink_bps} bit/s")
             return
-        self.downlinks[edge_id] = downlink_bps if link_up else 0.0
+        with self.lock:
+            self.downlinks[edge_id] = downlink_bps if link_up else 0.0
+            if link_up:
+                self._link_back(edge_id)
+            else:
+                self.links_down.add(edge_id)
 
     # -- uploads --------------------------------------------------------------------------------------
     def on_samples(self, batch: SampleBatch) -> bool:
@@ -415,9 +433,10 @@ class Coordinator:
             parts = [ModelUpdate(header, replace(bundle, payload=chunk), i, len(chunks), learned)
                      for i, chunk in enumerate(chunks)]
             self.versions[edge_id] = new_version
-            self.sent_at[edge_id] = self.clock()
-            if update.kind == KIND_FULL:
-                self.full_version[edge_id] = new_version
+            now, downlink = self.clock(), self.downlinks.get(edge_id, 0.0)
+            transfer = LINK_SLACK * 8 * len(bundle.payload) / downlink if downlink > 0 else 0.0
+            self.arrive_by[edge_id] = float("inf") if edge_id in self.links_down else (
+                max(self.arrive_by.get(edge_id, now), now) + transfer)
             self.counters["updates"] += 1
         self.link.send_update(edge_id, parts)
         return new_version

@@ -98,6 +98,7 @@ class EdgeAgent:
         # refuse any batch number it has seen (a replayed upload) without the edge storing anything
         self.batch_seq = time.time_ns() // 1000
         self.budget_bps = float("inf")  # until the link is measured, it is not limited
+        self.link_up: bool | None = None  # as the bandwidth monitor last said (None: never measured up)
         self.tokens = 0.0
         self.swapping: tuple | None = None  # (future, update) of a model being built off the serving path
         self.parked: deque[ModelUpdate] = deque(maxlen=self.config.parked_updates)
@@ -219,9 +220,10 @@ class EdgeAgent:
                 batch = self.queue[0]
                 bits = 8 * sum(len(f) for f in batch.frames)
                 if self.budget_bps != float("inf"):
-                    # the budget is spent: the batch waits; one larger than the bucket leaves once it is full
-                    # and is paid back from later ticks (tokens go negative), so every size keeps the rate
-                    if bits > self.tokens and self.tokens < 2.0 * self.budget_bps:
+                    # the budget is spent (none at all while the link is down): the batch waits; one larger than
+                    # the bucket leaves once it is full and is paid back from later ticks (tokens go negative), so
+                    # every size keeps the rate
+                    if self.budget_bps <= 0 or (bits > self.tokens and self.tokens < 2.0 * self.budget_bps):
                         break
                     self.tokens -= bits
                 self.queue.popleft()
@@ -233,12 +235,20 @@ class EdgeAgent:
                 self.counters["uploaded"] += len(batch.frames)
                 self.counters["uploaded_bytes"] += bits // 8
 
-    def on_link(self, budget_bps: float) -> None:
-        """The measured link's upload budget in bit/s (0 when the link is down)."""
+    def on_link(self, budget_bps: float, link_up: bool = True) -> None:
+        """The measured link: its upload budget in bit/s, and whether it is up (down: no budget). A link that comes
+        back is a reason to check in with the cloud at once (the heartbeat registration), not a period later:
+        updates sent meanwhile may be gone, and the queued uploads wait for it."""
         if not np.isfinite(budget_bps) or budget_bps < 0:
             self.log.warning(f"ignored upload budget {budget_bps} bit/s")
             return
-        self.budget_bps = float(budget_bps)
+        with self._lock:
+            if link_up and self.link_up is False:
+                self.log.info("link back: checking in with the cloud")
+                self._register_sent, self._last_register = None, -float("inf")
+            if link_up or self.link_up is not None:  # a link not yet measured up has not gone down
+                self.link_up = link_up
+            self.budget_bps = float(budget_bps) if link_up else 0.0
 
     # -- updates --------------------------------------------------------------------------------------
     def on_update(self, update: ModelUpdate) -> None:

@@ -34,10 +34,36 @@ def edge_id_from(namespace: str, configured: str = "") -> str:
     return edge_id
 
 
-def updates_topic(cloud_namespace: str, edge_id: str) -> str:
-    """An edge's update topic; relative to the node's own namespace when ``cloud_namespace`` is '' (the cloud)."""
+def edge_topic(name: str, cloud_namespace: str, edge_id: str) -> str:
+    """One edge's own topic ``<cloud>/<name>/<edge_id>``; relative to the node's own namespace when
+    ``cloud_namespace`` is '' (the cloud)."""
     ns = cloud_namespace.rstrip("/")
-    return f"{ns}/updates/{edge_id}" if ns else f"updates/{edge_id}"
+    return f"{ns}/{name}/{edge_id}" if ns else f"{name}/{edge_id}"
+
+
+def updates_topic(cloud_namespace: str, edge_id: str) -> str:
+    """An edge's update topic (see ``edge_topic``)."""
+    return edge_topic("updates", cloud_namespace, edge_id)
+
+
+class EdgePublishers:
+    """The cloud's publishers on each edge's own topic ``<name>/<edge_id>``, made at the first message for it; a
+    fresh one waits up to ``match_wait_s`` for the edge's subscription to be discovered."""
+
+    def __init__(self, node, name: str, msg_type, qos, match_wait_s: float = 0.0) -> None:
+        self.node, self.name, self.msg_type, self.qos = node, name, msg_type, qos
+        self.match_wait_s = match_wait_s
+        self.publishers: dict[str, object] = {}
+
+    def __getitem__(self, edge_id: str):
+        pub = self.publishers.get(edge_id)
+        if pub is None:
+            pub = self.publishers[edge_id] = self.node.create_publisher(
+                self.msg_type, edge_topic(self.name, "", edge_id), self.qos)
+            deadline = time.monotonic() + self.match_wait_s
+            while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return pub
 
 
 class DdsEdgeLink:
@@ -84,20 +110,14 @@ class DdsCloudLink:
     """The cloud's link: one reliable, transient-local update topic per edge (a late-joining edge still gets
     its newest updates), chunks paced so a keep-last history never drops one that is not yet acknowledged."""
 
-    def __init__(self, node, cloud_namespace: str) -> None:
-        self.node, self.namespace = node, cloud_namespace
-        self.publishers: dict[str, object] = {}
+    def __init__(self, node) -> None:
+        self.node = node
+        # chunks published before discovery matched the edge would reach it only through the transient-local history,
+        # which keeps the last few: the edge would drop a whole chunked update and wait for the next
+        self.publishers = EdgePublishers(node, "updates", ModelUpdate, UPDATE_QOS, MATCH_WAIT_S)
 
     def send_update(self, edge_id: str, parts: list[m.ModelUpdate]) -> None:
-        pub = self.publishers.get(edge_id)
-        if pub is None:
-            pub = self.publishers[edge_id] = self.node.create_publisher(
-                ModelUpdate, updates_topic(self.namespace, edge_id), UPDATE_QOS)
-            # chunks published before discovery matched the edge would reach it only through the transient-local
-            # history, which keeps the last few: the edge would drop a whole chunked update and wait for the next
-            deadline = time.monotonic() + MATCH_WAIT_S
-            while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+        pub = self.publishers[edge_id]
         stamp = self.node.get_clock().now().to_msg()
         for i, part in enumerate(parts):
             if i and i % UPDATE_QOS.depth == 0:

@@ -160,12 +160,16 @@ CLOUD_COORDINATOR = (
 
 BANDWIDTH_MONITOR = (
     Param("edge_id", "", "the edge end of the measured link ('' = the node's namespace)", read_only=True),
-    Param("probe_period_s", 1.0, "seconds between probes", 0.05, 60.0),
-    Param("probe_bytes", 32768, "uplink payload per probe", 0, 16 * MiB),
-    Param("reply_bytes", 32768, "downlink payload per probe", 0, 16 * MiB),
+    Param("probe_period_s", 1.0, "seconds between probe cycles and estimates (cycles wait longer where probes would "
+          "take more than a quarter of the link's time)", 0.05, 60.0),
+    Param("probe_bytes", 262144, "largest uplink probe payload (probes size themselves to the link; 0 = uplink not "
+          "measured)", 0, 16 * MiB),
+    Param("reply_bytes", 262144, "largest downlink probe payload (0 = downlink not measured)", 0, 16 * MiB),
+    Param("probe_time_s", 0.1, "time a large probe takes on the measured link (longer: steadier estimates, more "
+          "probe traffic)", 0.0, 10.0, low_open=True),
     Param("probe_timeout_s", 2.0, "a probe slower than this is lost", 0.0, 600.0, low_open=True),
     Param("upload_share", 0.5, "share of the measured uplink the edge's uploads may use", 0.0, 1.0, low_open=True),
-    Param("window", 20, "probes in the estimate", 1, 10_000, read_only=True),
+    Param("window", 5, "probe cycles in the estimate (their median)", 1, 10_000, read_only=True),
     CLOUD_NAMESPACE,
 )
 

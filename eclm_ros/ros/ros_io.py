@@ -42,6 +42,9 @@ MAX_CAMERA_PIXELS = 8192 * 8192
 SENSOR_QOS = qos_profile_sensor_data
 #: Uploads, predictions, status: every message matters, a short queue bounds memory.
 RELIABLE_QOS = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+#: Link probes: best effort (a lost probe is a measurement; a reliable one would be resent whole, again and again,
+#: into the link it measures), only the newest.
+PROBE_QOS = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
 #: Model updates: reliable and transient-local, so an edge that (re)joins late still gets the newest ones.
 UPDATE_QOS = QoSProfile(depth=4, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)

@@ -1,28 +1,22 @@
 """bandwidth_monitor: measures the edge-cloud link and publishes `bandwidth` (BandwidthEstimate).
 
-Active: round trips of the cloud's `bandwidth_probe` service with payloads both ways (throughput). Passive:
-the bytes of this edge's uploads and updates actually seen on the eclm topics: its own update topic, and the
-shared upload topic through a DDS content filter on its edge id (rclpy from Kilted on), so in a fleet no
-robot's monitor is sent the other robots' uploads (before Kilted they arrive and are counted as foreign). A
-probe that does not return within `probe_timeout_s` counts as lost; when the recent ones all fail the link is
-reported down.
+Sends the ``LinkProber``'s best-effort probes on `<cloud_namespace>/link_probes` and times the cloud's answers
+on `<cloud_namespace>/link_probes/<edge_id>`; publishes the estimate every `probe_period_s` here and on
+`<cloud_namespace>/link_estimates` (the cloud sizes this edge's updates to it). It subscribes to none of the
+system's data topics: a second reader of the edge's updates would double what they cost the link.
 """
-import time
-
 from rclpy.node import Node
 
-from ...core.bandwidth import LinkEstimator, upload_budget_bps
+from ...core.bandwidth import LinkProber, upload_budget_bps
 from ...core.health import ERROR, OK, Health
-from ...msg import BandwidthEstimate, ModelUpdate, SampleBatch
-from ...srv import BandwidthProbe
-from ..links import edge_id_for, updates_topic
+from ...msg import BandwidthEstimate, LinkProbe
+from ..links import edge_id_for, edge_topic
 from ..params import BANDWIDTH_MONITOR, NodeParameters
-from ..ros_io import RELIABLE_QOS, UPDATE_QOS, Diagnostics, period_s, run_node, set_period
+from ..ros_io import PROBE_QOS, RELIABLE_QOS, Diagnostics, period_s, run_node, set_period
 
-try:  # rclpy's content-filtered subscriptions (Kilted and newer)
-    from rclpy.subscription_content_filter_options import ContentFilterOptions
-except ImportError:
-    ContentFilterOptions = None
+POLL_S = 0.02  # how often a due probe cycle or a lost probe is noticed (answers are handled at once)
+PROBER_SETTINGS = {"probe_bytes": "max_up_bytes", "reply_bytes": "max_down_bytes", "probe_time_s": "probe_time_s",
+                   "probe_period_s": "period_s", "probe_timeout_s": "timeout_s"}
 
 
 class BandwidthMonitor(Node):
@@ -31,93 +25,53 @@ class BandwidthMonitor(Node):
         p = self.params = NodeParameters(self, BANDWIDTH_MONITOR, self.on_parameter)
         self.edge_id = edge_id_for(self, p["edge_id"])
         cloud = p["cloud_namespace"].rstrip("/")
-        self.estimator = LinkEstimator(p["window"])
-        self.client = self.create_client(BandwidthProbe, f"{cloud}/bandwidth_probe")
+        self.prober = LinkProber(window=p["window"], **{k: p[name] for name, k in PROBER_SETTINGS.items()})
+        self.probes = self.create_publisher(LinkProbe, f"{cloud}/link_probes", PROBE_QOS)
+        self.create_subscription(LinkProbe, edge_topic("link_probes", cloud, self.edge_id), self.on_answer, PROBE_QOS)
         self.pub = self.create_publisher(BandwidthEstimate, "bandwidth", RELIABLE_QOS)
         self.cloud_pub = self.create_publisher(BandwidthEstimate, f"{cloud}/link_estimates", RELIABLE_QOS)
-        own = {"content_filter_options": ContentFilterOptions("edge_id = %0", [f"'{self.edge_id}'"])} \
-            if ContentFilterOptions else {}
-        self.samples = self.create_subscription(SampleBatch, f"{cloud}/samples", self.on_samples, RELIABLE_QOS,
-                                                **own)
-        self.create_subscription(ModelUpdate, updates_topic(cloud, self.edge_id), self.on_update, UPDATE_QOS)
         self.diagnostics = Diagnostics(self, self.settings)
-        self.payload = bytes(p["probe_bytes"])
-        self.seq = 0
-        self.outstanding: tuple[int, float, object] | None = None
-        self.bytes_up = self.bytes_down = 0
-        self.seen_up = 0  # this edge's upload bytes seen since start
-        self.foreign = 0  # other robots' uploads that reached this monitor (none through a content filter)
-        self.window_start = time.monotonic()
-        self.timer = self.create_timer(p["probe_period_s"], self.on_timer)
+        self.create_timer(POLL_S, self.send_due)
+        self.timer = self.create_timer(p["probe_period_s"], self.publish)
 
     def on_parameter(self, name: str, value) -> None:
+        if name in PROBER_SETTINGS:
+            self.prober.configure(**{PROBER_SETTINGS[name]: value})
         if name == "probe_period_s":
             set_period(self.timer, value)
-        elif name == "probe_bytes":
-            self.payload = bytes(value)
 
     def settings(self) -> dict:
-        """The probe period and payload as the timer and buffer hold them; the rest is read at each use."""
-        return {"probe_period_s": period_s(self.timer), "probe_bytes": len(self.payload),
-                **{k: self.params[k] for k in ("reply_bytes", "probe_timeout_s", "upload_share")}}
+        """The prober's settings as it holds them, the publishing period as the timer has it."""
+        d, prober = self.prober.directions, self.prober
+        return {"probe_period_s": period_s(self.timer), "probe_bytes": d["up"].max_bytes,
+                "reply_bytes": d["down"].max_bytes, "probe_time_s": prober.probe_time_s,
+                "probe_timeout_s": prober.timeout_s, "upload_share": self.params["upload_share"]}
 
-    def on_samples(self, msg: SampleBatch) -> None:
-        if msg.edge_id == self.edge_id:
-            size = sum(len(f.data) for f in msg.frames)
-            self.bytes_up += size
-            self.seen_up += size
-        else:
-            self.foreign += 1
+    def send_due(self) -> None:
+        probe = self.prober.poll()
+        if probe is not None:
+            msg = LinkProbe(edge_id=self.edge_id, seq=probe.seq, reply_bytes=probe.down_bytes,
+                            payload=bytes(probe.up_bytes))
+            msg.header.stamp = self.get_clock().now().to_msg()
+            self.probes.publish(msg)
 
-    def on_update(self, msg: ModelUpdate) -> None:
-        self.bytes_down += len(msg.bundle.payload)
+    def on_answer(self, msg: LinkProbe) -> None:
+        self.prober.on_reply(msg.seq, msg.received_bytes, len(msg.payload))
+        self.send_due()  # the cycle's next probe leaves at once
 
-    def on_response(self, future) -> None:
-        if self.outstanding is None or future is not self.outstanding[2]:
-            return  # answered after it was counted as lost
-        _, sent, _ = self.outstanding
-        self.outstanding = None
-        response = future.result()
-        if response is not None:
-            self.estimator.add_probe(time.monotonic() - sent, response.received_bytes, len(response.payload))
-
-    def on_timer(self) -> None:
-        now = time.monotonic()
-        if self.outstanding is not None and now - self.outstanding[1] > self.params["probe_timeout_s"]:
-            self.estimator.add_probe(None)
-            self.outstanding = None
-        if self.outstanding is None:
-            if self.client.service_is_ready():
-                self.seq += 1
-                req = BandwidthProbe.Request(edge_id=self.edge_id, seq=self.seq, reply_bytes=self.params["reply_bytes"],
-                                             payload=self.payload)
-                req.sent = self.get_clock().now().to_msg()
-                future = self.client.call_async(req)
-                self.outstanding = (self.seq, now, future)
-                future.add_done_callback(self.on_response)
-            else:
-                self.estimator.add_probe(None)
-        self.publish(now)
-
-    def publish(self, now: float) -> None:
-        est = self.estimator.estimate()
-        elapsed = max(now - self.window_start, 1e-6)
+    def publish(self) -> None:
+        est = self.prober.estimate()
         msg = BandwidthEstimate(edge_id=self.edge_id, uplink_bps=est.uplink_bps, downlink_bps=est.downlink_bps,
                                 rtt_ms=est.rtt_ms, rtt_p95_ms=est.rtt_p95_ms, loss=est.loss, link_up=est.link_up,
-                                observed_uplink_bps=8 * self.bytes_up / elapsed,
-                                observed_downlink_bps=8 * self.bytes_down / elapsed,
                                 upload_budget_bps=upload_budget_bps(est, self.params["upload_share"]))
         msg.header.stamp = self.get_clock().now().to_msg()
         self.pub.publish(msg)
         self.cloud_pub.publish(msg)  # the cloud sizes its updates to this edge's downlink
-        if elapsed > 10:
-            self.bytes_up = self.bytes_down = 0
-            self.window_start = now
-        self.diagnostics.publish([Health("link", OK if est.link_up else ERROR, "link up" if est.link_up else "link down", {
+        sizes = {f"probe_bytes_{k}": d.size for k, d in self.prober.directions.items()}
+        level, text = (OK, "link up") if est.link_up else (ERROR, "link down")
+        self.diagnostics.publish([Health("link", level, text, {
             "uplink_bps": f"{est.uplink_bps:.0f}", "downlink_bps": f"{est.downlink_bps:.0f}",
-            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}", "seen_upload_bytes": self.seen_up,
-            "uploads_filtered": bool(ContentFilterOptions and self.samples.is_cft_enabled),
-            "foreign_uploads": self.foreign})])
+            "rtt_ms": f"{est.rtt_ms:.1f}", "loss": f"{est.loss:.2f}", **sizes})])
 
 
 def main() -> None:

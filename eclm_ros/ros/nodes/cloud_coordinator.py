@@ -1,7 +1,8 @@
 """cloud_coordinator: registers edges, learns from their uploads, sends each its signed, versioned updates.
 
-Services `register_edge`, `reassemble_submodel`, `bandwidth_probe`; subscribes `samples`, `edge_status`,
-`learned_modules`, `link_estimates`; publishes `updates/<edge_id>` (reliable, transient-local). Everything
+Services `register_edge`, `reassemble_submodel`; subscribes `samples`, `edge_status`, `learned_modules`,
+`link_estimates`, `link_probes`; publishes `updates/<edge_id>` (reliable, transient-local) and answers each
+registered edge's bandwidth probes on `link_probes/<edge_id>` (best effort). Everything
 between those is the ROS-free ``Coordinator``, which learns on its own thread. A managed node: configure loads
 the model, keys and saved state, activate serves and learns, deactivate stops both and saves (queued uploads
 and every edge's state are kept for the next activation).
@@ -16,12 +17,12 @@ from ...core.messages import Registration
 from ...core.model_import import InputSpec, load_model
 from ...core.signing import KeyRing, cloud_keys
 from ...core.strategies import make_strategy
-from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, SampleBatch
-from ...srv import BandwidthProbe, ReassembleSubmodel, RegisterEdge
+from ...msg import BandwidthEstimate, EdgeStatus, LearnedModules, LinkProbe, SampleBatch
+from ...srv import ReassembleSubmodel, RegisterEdge
 from ..lifecycle import ManagedNode
-from ..links import DdsCloudLink
+from ..links import DdsCloudLink, EdgePublishers
 from ..params import CLOUD_COORDINATOR, NodeParameters
-from ..ros_io import (RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, period_s, profile_from_msg,
+from ..ros_io import (PROBE_QOS, RELIABLE_QOS, Diagnostics, core_logger, modules_from_msg, period_s, profile_from_msg,
                       run_node, samples_from_msg, set_period, status_from_msg)
 
 RUNTIME_SETTINGS = ("update_encoding", "update_deadline_s", "max_chunk_bytes")
@@ -51,7 +52,7 @@ class CloudCoordinator(ManagedNode):
             self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         self.coordinator = Coordinator(
             make_strategy(p["strategy"], cloud, student, ray_workers=p["ray_workers"], ray_address=p["ray_address"]),
-            DdsCloudLink(self, ""),
+            DdsCloudLink(self),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
             private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
             log=core_logger(self, "cloud"))
@@ -72,8 +73,9 @@ class CloudCoordinator(ManagedNode):
             msg.edge_id, msg.downlink_bps, msg.link_up), RELIABLE_QOS, callback_group=group)
         self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
         self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
-        self.create_service(BandwidthProbe, "bandwidth_probe", self.on_probe,
-                            callback_group=MutuallyExclusiveCallbackGroup())
+        self.probe_replies = EdgePublishers(self, "link_probes", LinkProbe, PROBE_QOS)
+        self.create_subscription(LinkProbe, "link_probes", self.on_probe, PROBE_QOS,
+                                 callback_group=MutuallyExclusiveCallbackGroup())  # answered at once, never queued
         self.create_timer(1.0, lambda: self.diagnostics.publish(coordinator.health()), callback_group=group)
         self.timers_by_name = {
             "save_period_s": self.create_timer(p["save_period_s"], coordinator.save, callback_group=group),
@@ -130,11 +132,15 @@ class CloudCoordinator(ManagedNode):
         response.submodel_spec, response.version = reply.submodel_spec, reply.version
         return response
 
-    def on_probe(self, request, response):
-        response.seq = request.seq
-        response.received_bytes = len(request.payload)
-        response.payload = bytes(min(request.reply_bytes, MAX_PROBE_REPLY))
-        return response
+    def on_probe(self, msg: LinkProbe) -> None:
+        """Answer a registered edge's probe on its own topic (an unknown id gets nothing, so a stranger cannot
+        make the cloud send to arbitrary topics)."""
+        if msg.edge_id not in self.coordinator.versions:
+            return
+        reply = LinkProbe(edge_id=msg.edge_id, seq=msg.seq, received_bytes=len(msg.payload),
+                          payload=bytes(min(msg.reply_bytes, MAX_PROBE_REPLY)))
+        reply.header.stamp = self.get_clock().now().to_msg()
+        self.probe_replies[msg.edge_id].publish(reply)
 
 
 def main() -> None:

@@ -119,7 +119,7 @@ class EdgeLearner(ManagedNode):
         self.agent.on_update(update_from_msg(msg))
 
     def on_bandwidth(self, msg: BandwidthEstimate) -> None:
-        self.agent.on_link(msg.upload_budget_bps if msg.link_up else 0.0)
+        self.agent.on_link(msg.upload_budget_bps, msg.link_up)
 
 
 def main() -> None:
