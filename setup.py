@@ -24,5 +24,6 @@ setup(
         "rich>=13",
         "matplotlib>=3.7",
     ],
+    extras_require={"ray": ["ray==2.60.0"]},  # the cloud's learning on Ray workers (requirements-ray.txt)
     entry_points={"console_scripts": ["eclm-ros = eclm_ros.cli:main"]},
 )

@@ -16,6 +16,8 @@ SUBCOMMANDS = {
                    "estimates, budgets, encodings, outage, accuracy per phase"),
     "bench-faults": ("eclm_ros.bench.faults", "faults on the node processes (kills, full disk, clock jumps, floods) "
                      "and fuzzing of every network decoder"),
+    "bench-fleet": ("eclm_ros.bench.fleet", "one cloud and a growing fleet: cost and memory per edge, update latency, "
+                    "updates and accuracy per edge (edge processes over DDS, simulated edges in memory)"),
     "demo": ("eclm_ros.bench.demo", "the whole edge-cloud loop as ROS 2 processes, with a report"),
     "keys": ("eclm_ros.keys", "make this machine's key ring and enrol edges (signed updates and uploads)"),
     "check-model": ("eclm_ros.bench.check_model", "what a model file gives a robot: input, labels, adaptable "

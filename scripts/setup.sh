@@ -35,7 +35,7 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 # 3. Pinned wheels, re-installed only when requirements.txt / constraints.txt / setup.py change.
-want=$(cat requirements.txt requirements-nodeps.txt constraints.txt setup.py | sha256sum | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-nodeps.txt requirements-ray.txt constraints.txt setup.py | sha256sum | cut -d' ' -f1)
 stamp="$VENV/.eclm_ros_requirements"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   step "pip: installing requirements.txt (pinned; ~1.5 GB, a few minutes cold)"
@@ -43,6 +43,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     || fail "pip install -r requirements.txt (see the pip error above)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -r requirements-nodeps.txt \
     || fail "pip install --no-deps -r requirements-nodeps.txt (see the pip error above)"
+  # optional for the product (the cloud's learning on Ray workers); installed here so the tests cover it
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements-ray.txt -c constraints.txt \
+    || fail "pip install -r requirements-ray.txt (see the pip error above)"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . \
     || fail "pip install -e . (the ROS-free core and the eclm-ros command)"
   echo "$want" > "$stamp"

@@ -40,7 +40,7 @@ def test_distillation_changes_only_affine_and_moves_the_student_to_the_teacher(q
         for i in range(0, 512, 64):
             distiller.add(corrupted[i:i + 64])
             state = distiller.step()
-    changed = {k for k, v in student.named_parameters() if not torch.equal(before_params[k], v)}
+    changed = {k for k, v in distiller.student.named_parameters() if not torch.equal(before_params[k], v)}
     assert changed and changed <= set(affine_params(student))
     assert set(state) == set(affine_params(student))
     agree_after = _agreement(distiller.teacher, distiller.student, held_out)

@@ -71,9 +71,23 @@ def test_the_product_loads_without_ros_or_the_harness():
     loaded = set(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                                 text=True).stdout.split())
     assert len(modules) > 20 and set(modules) <= loaded
-    forbidden = {m for m in loaded if m.split(".")[0] in {"rclpy", "rich", "matplotlib", "yaml"}
+    forbidden = {m for m in loaded if m.split(".")[0] in {"rclpy", "rich", "matplotlib", "yaml", "ray"}
                  or m.startswith(("eclm_ros.sim", "eclm_ros.training", "eclm_ros.bench", "eclm_ros.ros"))}
     assert not forbidden, f"the product pulled in {sorted(forbidden)}"
+
+
+def test_ray_is_imported_only_where_the_cloud_learns_on_it_and_only_when_asked():
+    """Ray is optional: only core/ray_strategy.py imports it, inside a function (when a RayStrategy is built), so
+    the product, the nodes and every test without Ray run where it is not installed."""
+    importers = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            if any(n.split(".")[0] == "ray" for n in names):
+                importers.add(path.relative_to(PACKAGE).as_posix())
+                assert node.col_offset > 0, f"{path.name} imports ray at module level"
+    assert importers == {"core/ray_strategy.py"}, importers
 
 
 def test_every_module_imports():

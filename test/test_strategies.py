@@ -10,7 +10,7 @@ from eclm_ros.core.compose import AFFINE_PREFIX, MODULE_PREFIX, assemble
 from eclm_ros.core.edge_runtime import TorchEdgeRuntime
 from eclm_ros.core.messages import KIND_FULL, KIND_MODULES, KIND_NORM_AFFINE, Profile
 from eclm_ros.core.models import BudgetError, SpecError, SubModelSpec, module_key, spec_cost
-from eclm_ros.core.norm import affine_params, affine_state, load_affine
+from eclm_ros.core.norm import affine_params, affine_state
 from eclm_ros.core.strategies import Cause, Compose, ComposeMerge, Distil, ModulesRefused, make_strategy
 from eclm_ros.core.tensor_codec import pack
 from eclm_ros.core.updates import UpdateRejected, apply_update, model_from_spec
@@ -88,7 +88,7 @@ def test_recomposition_sends_only_missing_modules_and_the_edge_rebuilds_it(ckpt,
     assert all(k.startswith((MODULE_PREFIX, AFFINE_PREFIX)) for k in recomposed.tensors)
     assert runtime.model.spec == session.spec
     edge_params = dict(runtime.model.named_parameters())
-    student_params = dict(session.distiller.student.named_parameters())
+    student_params = dict(session.learner.student_net.materialise(session.learner.student.params).named_parameters())
     assert set(edge_params) == set(student_params)
     for name, value in student_params.items():  # the edge now holds exactly the cloud's student
         torch.testing.assert_close(edge_params[name], value.detach(), msg=name)
@@ -108,24 +108,28 @@ def test_assemble_refuses_what_it_cannot_build(ckpt, cloud):
         assemble(current, current.spec, {"junk": torch.zeros(1)})
 
 
+def _set_student(session, state):
+    session.learner.student.params.copy_(session.learner.student_net.flat(state))
+
+
 def test_merge_is_accepted_when_it_helps_every_edge_and_refused_otherwise(ckpt):
     strategy = ComposeMerge(ckpt, compose_every=10**9, min_step_frames=10**9, min_holdout=16)
     for edge in ("a", "b"):
         strategy.register(edge, Profile())
         strategy.on_samples(edge, _frames("contrast", 256, start=0 if edge == "a" else 256))
     a, b = strategy.sessions["a"], strategy.sessions["b"]
-    good = affine_state(a.distiller.student)
+    good = a.learner.student_state()
     noise = {k: torch.randn_like(v, generator=torch.Generator().manual_seed(1)) * 0.6 for k, v in good.items()}
-    load_affine(a.distiller.student, {k: v + noise[k] for k, v in good.items()})
-    load_affine(b.distiller.student, {k: v - noise[k] for k, v in good.items()})
+    _set_student(a, {k: v + noise[k] for k, v in good.items()})
+    _set_student(b, {k: v - noise[k] for k, v in good.items()})
     updates, decisions = strategy.aggregate()  # the average is the good model: both edges gain
     assert set(updates) == {"a", "b"} and decisions[0].accepted and "accepted" in str(decisions[0])
     torch.testing.assert_close(updates["a"].tensors, updates["b"].tensors)
 
-    load_affine(b.distiller.student, {k: v + 3 * noise[k] for k, v in good.items()})  # b is broken, a is good
+    _set_student(b, {k: v + 3 * noise[k] for k, v in good.items()})  # b is broken, a is good
     updates, decisions = strategy.aggregate()
     assert updates == {} and not decisions[0].accepted
-    torch.testing.assert_close(affine_state(a.distiller.student), good)  # a refused merge changes nothing
+    torch.testing.assert_close(a.learner.student_state(), good)  # a refused merge changes nothing
 
 
 def test_reassemble_follows_the_budget_and_refuses_the_impossible(ckpt, cloud):
@@ -146,7 +150,7 @@ def test_state_survives_a_restart(ckpt):
     restored.load_state_dict(copy.deepcopy(strategy.state_dict()))
     before, after = strategy.sessions["robot1"], restored.sessions["robot1"]
     assert after.spec == before.spec and after.frames == before.frames
-    torch.testing.assert_close(affine_state(after.distiller.student), affine_state(before.distiller.student))
+    torch.testing.assert_close(after.learner.student_state(), before.learner.student_state())
     assert restored.register("robot1", Profile()).cause is Cause.RESYNC
 
 

@@ -210,8 +210,7 @@ class Context:
 
     def drain(self) -> None:
         """Forget queued uploads: the fuzz run tests admission, not learning."""
-        while not self.coordinator.work.empty():
-            self.coordinator.work.get_nowait()
+        self.coordinator.discard_queued()
 
     @cached_property
     def agent(self):

@@ -2,8 +2,13 @@
 signing, chunking, persistence.
 
 Uploads are admitted (registered edge, decodable, signed by the edge's enrolled key when keys are set) and
-queued, bounded; learning jobs run on the caller's thread (``process``, the benchmark) or on a worker thread
-(``start``, the node), so message handling never waits for a backward pass. Every update leaves as a signed,
+queued per edge, bounded in all (a full queue drops from the edge holding the most, so a flooding edge never
+crowds out the others). Learning takes rounds: one waiting batch from each of up to ``round_frames`` frames'
+worth of edges, served round-robin, learned together by the strategy (batched), on the caller's thread
+(``process``, the benchmark) or on a worker thread per strategy lane (``start``, the node; a lane is a worker
+of a strategy that spreads edges, e.g. over Ray), so message handling never waits for a backward pass. Every
+update carries the newest upload batch of its edge it learned from (the edge measures upload-to-update
+latency with it). Every update leaves as a signed,
 versioned ``ModelUpdate`` sized to the edge's measured downlink, in chunks when large, through a
 ``CloudLink``. State (versions and everything the strategy learned) is saved atomically and restored on
 restart, so edges keep their versions and what the cloud learned for them.
@@ -12,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
@@ -51,13 +55,15 @@ class CoordinatorConfig:
     max_pending_batches: int = 64
     max_chunk_bytes: int = 16 * 1024 * 1024
     resync_grace_s: float = 2.0  # a heartbeat this soon after an update's expected arrival may not have seen it yet
+    round_frames: int = 512  # uploaded frames learned from in one batched round (one batch per edge at most)
 
     def check(self) -> None:
         rules = [("update_encoding", self.update_encoding in ENCODING_ORDER, "raw, fp16 or int8"),
                  ("update_deadline_s", self.update_deadline_s > 0, "must be > 0"),
                  ("max_pending_batches", self.max_pending_batches >= 1, "must be >= 1"),
                  ("max_chunk_bytes", self.max_chunk_bytes > 0, "must be > 0"),
-                 ("resync_grace_s", self.resync_grace_s >= 0, "must be >= 0")]
+                 ("resync_grace_s", self.resync_grace_s >= 0, "must be >= 0"),
+                 ("round_frames", self.round_frames >= 1, "must be >= 1")]
         for name, ok, why in rules:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} refused: {why}")
@@ -88,16 +94,23 @@ class Coordinator:
         self.last_status: dict[str, EdgeStatus] = {}
         self.downlinks: dict[str, float] = {}  # edge -> measured downlink bit/s
         self.counters = Counter(batches=0, frames=0, rejected_batches=0, updates=0, dropped_batches=0,
-                                registrations=0, recompositions=0, merges_accepted=0, merges_refused=0,
-                                modules_integrated=0, rejected_modules=0, saves=0, save_failures=0)
+                                learned_batches=0, learned_frames=0, rounds=0, registrations=0, recompositions=0,
+                                merges_accepted=0, merges_refused=0, modules_integrated=0, rejected_modules=0,
+                                saves=0, save_failures=0)
+        self.learn_cpu_s = 0.0  # CPU seconds of this process's learning threads (a remote strategy's are its own)
+        self.learned_seq: dict[str, int] = {}  # per edge, the newest batch learned from (sent with its updates)
         self.encodings = Counter(dict.fromkeys(ENCODING_ORDER, 0))
         self.events = EventWindow(10.0, clock)
         self.last_reject = ""
         self.save_error = ""  # why the last save failed, until one succeeds
         self.saved_at: float | None = None
-        self.work: queue.Queue = queue.Queue(maxsize=self.config.max_pending_batches)
+        self._queue_lock = threading.Condition()  # the learning queue's own: handlers never wait for a step
+        self.waiting: dict[str, deque] = {}  # per edge, its admitted batches (batch_seq, views), oldest first
+        self.turns = [deque() for _ in range(strategy.lanes)]  # per lane, edges with waiting batches, in turn
+        self.queued = 0
+        self.control: deque = deque()  # module integrations and merge rounds, run before the next round
         self._running = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._workers: list[threading.Thread] = []
         if self.state_dir is not None and (self.state_dir / STATE_FILE).exists():
             self.restore()
 
@@ -107,7 +120,6 @@ class Coordinator:
         new.check()
         with self.lock:
             self.config = new
-            self.work.maxsize = new.max_pending_batches
 
     # -- edges ----------------------------------------------------------------------------------------
     def register(self, request: Registration) -> RegistrationReply:
@@ -197,7 +209,7 @@ class Coordinator:
             self.refuse_samples(f"batch {batch.batch_seq} of {batch.edge_id}: {exc}")
             return False
         self.last_batch[batch.edge_id] = batch.batch_seq
-        if not self._submit(("samples", batch.edge_id, views)):
+        if not self._enqueue(batch.edge_id, batch.batch_seq, views):
             return False
         self.counters["batches"] += 1
         self.counters["frames"] += len(views)
@@ -219,7 +231,8 @@ class Coordinator:
             self.counters["rejected_modules"] += 1
             self._refuse("modules", f"modules of {msg.edge_id}: {exc}")
             return False
-        return self._submit(("modules", msg.edge_id, (msg.submodel_spec, tensors, int(msg.frames))))
+        self._control(("modules", msg.edge_id, (msg.submodel_spec, tensors, int(msg.frames))))
+        return True
 
     def refuse_samples(self, text: str) -> None:
         """An upload that will not teach the cloud (also the node's own decoding failures)."""
@@ -228,21 +241,57 @@ class Coordinator:
 
     def merge_round(self) -> None:
         """Queue a merge round across edges (ECAvg), run by the learning thread like every other job."""
-        self._submit(("merge", "", None))
+        self._control(("merge", "", None))
 
     def _check_signature(self, edge_id: str, data: bytes, scheme: str, signature: bytes) -> None:
         if self.edge_keys is not None:
             self.edge_keys.check(edge_id, data, scheme, bytes(signature))
 
-    def _submit(self, job: tuple) -> bool:
-        try:
-            self.work.put_nowait(job)
-            return True
-        except queue.Full:
-            if job[0] == "samples":
-                self.counters["dropped_batches"] += 1
-                self.events.add("dropped_batches")
-            return False
+    def _enqueue(self, edge_id: str, seq: int, views: np.ndarray) -> bool:
+        """Queue an admitted batch; at the bound, the oldest batch of the edge holding the most waiting goes,
+        unless that is this edge, whose new batch is then dropped (max-min fair: nobody starves)."""
+        with self._queue_lock:
+            if self.queued >= self.config.max_pending_batches:
+                hog = max(self.waiting, key=lambda e: len(self.waiting[e]))
+                if len(self.waiting[hog]) <= len(self.waiting.get(edge_id, ())):
+                    self._dropped()
+                    return False
+                self._evict(hog)
+                self._dropped()
+            if edge_id not in self.waiting:
+                self.waiting[edge_id] = deque()
+                self.turns[self.strategy.lane(edge_id)].append(edge_id)
+            self.waiting[edge_id].append((seq, views))
+            self.queued += 1
+            self._queue_lock.notify_all()
+        return True
+
+    def _evict(self, edge_id: str) -> None:
+        """Drop the edge's oldest waiting batch (the queue lock held)."""
+        batches = self.waiting[edge_id]
+        batches.popleft()
+        self.queued -= 1
+        if not batches:
+            del self.waiting[edge_id]
+            self.turns[self.strategy.lane(edge_id)].remove(edge_id)
+
+    def _dropped(self) -> None:
+        self.counters["dropped_batches"] += 1
+        self.events.add("dropped_batches")
+
+    def _control(self, job: tuple) -> None:
+        with self._queue_lock:
+            self.control.append(job)
+            self._queue_lock.notify_all()
+
+    def discard_queued(self) -> int:
+        """Forget every waiting upload (admission tests that must not learn); returns how many."""
+        with self._queue_lock:
+            count, self.queued = self.queued, 0
+            self.waiting.clear()
+            for turns in self.turns:
+                turns.clear()
+        return count
 
     def _refuse(self, kind: str, text: str) -> None:
         self.events.add(f"refused/{kind}")
@@ -250,41 +299,70 @@ class Coordinator:
         self.log.warning(f"refused {text}")
 
     # -- learning -------------------------------------------------------------------------------------
-    def process(self, max_jobs: int | None = None) -> int:
-        """Run queued learning jobs on this thread; returns how many ran."""
-        done = 0
-        while max_jobs is None or done < max_jobs:
-            try:
-                job = self.work.get_nowait()
-            except queue.Empty:
+    def _next(self, lane: int) -> tuple | list | None:
+        """The next job of a lane (the queue lock held): a control job (lane 0), else a round of waiting
+        batches, one per edge in turn until ``round_frames`` frames; None when there is nothing to do."""
+        if lane == 0 and self.control:
+            return self.control.popleft()
+        turns, items, frames = self.turns[lane], [], 0
+        for _ in range(len(turns)):
+            edge_id = turns[0]
+            waiting = self.waiting[edge_id]
+            if items and frames + len(waiting[0][1]) > self.config.round_frames:
                 break
-            self._run(job)
-            done += 1
+            turns.popleft()
+            seq, views = waiting.popleft()
+            self.queued -= 1
+            if waiting:
+                turns.append(edge_id)  # its next batch waits for every other edge's turn
+            else:
+                del self.waiting[edge_id]
+            items.append((edge_id, seq, views))
+            frames += len(views)
+        return items or None
+
+    def process(self, max_jobs: int | None = None, lane: int | None = None) -> int:
+        """Run queued jobs and rounds on this thread, every lane in turn (or only ``lane``); returns how many ran."""
+        done = 0
+        lanes = range(len(self.turns)) if lane is None else [lane]
+        while max_jobs is None or done < max_jobs:
+            with self._queue_lock:
+                jobs = [job for i in lanes if (job := self._next(i)) is not None]
+            if not jobs:
+                break
+            for job in jobs[:None if max_jobs is None else max_jobs - done]:
+                self._run(job)
+                done += 1
         return done
 
     def start(self) -> None:
-        """Learn on a worker thread until ``close``; again after it (once the last worker has finished its step)."""
-        if self._worker is not None:
-            self._worker.join()
+        """Learn on a worker thread per lane until ``close``; again after it (once the last workers have finished
+        their step)."""
+        for worker in self._workers:
+            worker.join()
         self._running.set()
-        self._worker = threading.Thread(target=self._learn_loop, name="eclm-learner", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._learn_loop, args=(lane,), name=f"eclm-learner-{lane}",
+                                          daemon=True) for lane in range(len(self.turns))]
+        for worker in self._workers:
+            worker.start()
 
-    def _learn_loop(self) -> None:
+    def _learn_loop(self, lane: int) -> None:
         while self._running.is_set():
-            try:
-                job = self.work.get(timeout=0.2)
-            except queue.Empty:
-                continue
+            with self._queue_lock:
+                job = self._next(lane)
+                if job is None:
+                    self._queue_lock.wait(timeout=0.2)
+                    continue
             self._run(job)
 
-    def _run(self, job: tuple) -> None:
+    def _run(self, job: tuple | list) -> None:
+        if isinstance(job, list):
+            self._learn(job)
+            return
         kind, edge_id, data = job
         try:
             with self.lock:
-                if kind == "samples":
-                    self._send(edge_id, self.strategy.on_samples(edge_id, data))
-                elif kind == "modules":
+                if kind == "modules":
                     self._send(edge_id, self.strategy.on_modules(edge_id, *data))
                     self.counters["modules_integrated"] += 1
                 else:
@@ -294,6 +372,30 @@ class Coordinator:
             self._refuse("modules", f"modules of {edge_id}: {exc}")
         except Exception as exc:  # a learning failure must not stop the coordinator
             self._refuse("learning", f"{kind} for {edge_id}: {type(exc).__name__}: {exc}")
+
+    def _learn(self, items: list[tuple[str, int, np.ndarray]]) -> None:
+        """One round: the strategy learns from every edge's batch at once (under the lock unless it is
+        concurrent), then each update leaves."""
+        batches = [(edge_id, views) for edge_id, _, views in items]
+        cpu = time.thread_time()
+        try:
+            if self.strategy.concurrent:
+                updates = self.strategy.learn(batches)
+            else:
+                with self.lock:
+                    updates = self.strategy.learn(batches)
+        except Exception as exc:  # a learning failure must not stop the coordinator
+            self._refuse("learning", f"samples of {sorted({e for e, _ in batches})}: {type(exc).__name__}: {exc}")
+            return
+        with self.lock:
+            self.learn_cpu_s += time.thread_time() - cpu
+            self.counters["rounds"] += 1
+            self.counters["learned_batches"] += len(items)
+            self.counters["learned_frames"] += sum(len(views) for _, _, views in items)
+            for edge_id, seq, _ in items:
+                self.learned_seq[edge_id] = max(seq, self.learned_seq.get(edge_id, 0))
+            for edge_id, update in updates.items():
+                self._send(edge_id, update)
 
     def _send(self, edge_id: str, update: Update | None) -> None:
         if update is None:
@@ -327,7 +429,9 @@ class Coordinator:
                 scheme, key_id, signature = signature_for(header, bundle, self.private_key)
                 header = replace(header, signature_scheme=scheme, key_id=key_id, signature=signature)
             chunks = split(bundle.payload, self.config.max_chunk_bytes)
-            parts = [ModelUpdate(header, replace(bundle, payload=chunk), i, len(chunks)) for i, chunk in enumerate(chunks)]
+            learned = self.learned_seq.get(edge_id, 0)
+            parts = [ModelUpdate(header, replace(bundle, payload=chunk), i, len(chunks), learned)
+                     for i, chunk in enumerate(chunks)]
             self.versions[edge_id] = new_version
             now, downlink = self.clock(), self.downlinks.get(edge_id, 0.0)
             transfer = LINK_SLACK * 8 * len(bundle.payload) / downlink if downlink > 0 else 0.0
@@ -398,7 +502,9 @@ class Coordinator:
                          if refused or w["dropped_batches"] else f"{c['frames']} frames learned from",
                          {**{k: c[k] for k in ("batches", "frames", "rejected_batches", "dropped_batches",
                                                "modules_integrated", "rejected_modules")},
-                          "queue": self.work.qsize(), "last_reject": self.last_reject})
+                          "queue": self.queued, "learned_batches": c["learned_batches"],
+                          "learned_frames": c["learned_frames"], "learning_cpu_s": f"{self.learn_cpu_s:.1f}",
+                          "last_reject": self.last_reject})
         updates = Health("updates", OK, f"{c['updates']} sent",
                          {**{k: c[k] for k in ("updates", "registrations", "recompositions", "merges_accepted",
                                                "merges_refused")},
@@ -421,8 +527,10 @@ class Coordinator:
         """Stop learning and save, in bounded time: a learning step still running after 0.5 s dies with the
         process, and the state saved last (at most ``save_period_s`` old) is what a restart resumes from."""
         self._running.clear()
-        if self._worker is not None:
-            self._worker.join(timeout=0.5)
+        with self._queue_lock:
+            self._queue_lock.notify_all()
+        for worker in self._workers:
+            worker.join(timeout=0.5)
         if self.state_dir is not None and not self.save(wait_s=0.5) and not self.save_error:
             self.log.warning("stopping mid learning step: keeping the state saved last")
 

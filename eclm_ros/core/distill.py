@@ -5,22 +5,26 @@ frames count more. The student (the cloud's copy of an edge model) learns from t
 3 * weighted entropy + 3 * T^2 * KL(teacher || student) + 1 * CE(teacher pseudo-label), on normalisation affine
 parameters only, over the new uploads plus replayed older ones (a FIFO buffer), so what it learned in one
 environment is not forgotten in the next. What goes back to the edge is only the student's affine state.
+
+For a fleet, every edge has its own teacher and student, but not its own copies of the networks: both are
+``SharedModel``s (one teacher for all edges, one student per sub-model structure) and an edge holds only its
+affine vectors, their momentum and its frames (``EdgeDistill``). ``DistillEngine.step`` runs any number of
+edges' steps as one batch through the shared networks; each edge's result is the one its own step would give.
 """
 from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, replace
-
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .adapt.tent import collect_params, configure_model, softmax_entropy
-from .norm import affine_state
+from .adapt.tent import softmax_entropy
+from .shared_norm import AffineSlot, SharedModel
 
 
 @dataclass(frozen=True)
@@ -45,21 +49,45 @@ class DistillConfig:
 
 
 class ReplayBuffer:
-    """FIFO of uploaded frames (uint8), sampled uniformly."""
+    """FIFO of uploaded frames (uint8), sampled uniformly. One array that grows to ``capacity`` frames and then
+    wraps (no object per frame: a fleet keeps thousands of these)."""
 
     def __init__(self, capacity: int, seed: int = 0) -> None:
-        self.frames: deque[np.ndarray] = deque(maxlen=capacity)
+        self.capacity = capacity
         self.rng = np.random.default_rng(seed)
+        self.data: np.ndarray | None = None
+        self.start = self.count = 0
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return self.count
 
     def add(self, images: np.ndarray) -> None:
-        self.frames.extend(images)
+        images = images[-self.capacity:]
+        if self.data is None:
+            self.data = np.empty((0, *images.shape[1:]), images.dtype)
+        if len(self.data) < self.capacity and self.count + len(images) > len(self.data):  # grow, oldest first
+            grown = np.empty((min(self.capacity, max(2 * len(self.data), self.count + len(images))),
+                              *images.shape[1:]), images.dtype)
+            grown[:self.count] = self._ordered()
+            self.data, self.start = grown, 0
+        for image in images:
+            self.data[(self.start + self.count) % len(self.data)] = image
+            if self.count < len(self.data):
+                self.count += 1
+            else:
+                self.start = (self.start + 1) % len(self.data)
+
+    def _ordered(self) -> np.ndarray:
+        idx = (self.start + np.arange(self.count)) % max(len(self.data), 1)
+        return self.data[idx]
 
     def sample(self, n: int) -> np.ndarray:
-        idx = self.rng.choice(len(self.frames), size=min(n, len(self.frames)), replace=False)
-        return np.stack([self.frames[i] for i in idx])
+        idx = self.rng.choice(self.count, size=min(n, self.count), replace=False)
+        return self.data[(self.start + idx) % len(self.data)]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.data is None else self.data.nbytes
 
 
 def confidence_weights(entropy: torch.Tensor, e_max: float) -> torch.Tensor:
@@ -67,76 +95,149 @@ def confidence_weights(entropy: torch.Tensor, e_max: float) -> torch.Tensor:
     return torch.where(entropy < e_max, torch.exp(-(entropy - e_max)), torch.zeros_like(entropy)).detach()
 
 
-class Distiller:
-    """One edge's teacher-student pair on the cloud. ``to_tensor`` turns uploaded uint8 views into model input
-    (the replay buffer keeps the compact views)."""
+@dataclass
+class EdgeDistill:
+    """What the cloud learns for one edge: its teacher's and student's affine parameters (in ``teacher_net`` and
+    ``student_net``, shared with other edges), the frames waiting for its next step and its replay buffer."""
 
-    def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
-                 to_tensor: Callable[[np.ndarray], torch.Tensor], config: DistillConfig = DistillConfig(),
-                 seed: int = 0, teacher_input: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
-        self.cfg = config
-        self.to_tensor = to_tensor
-        self.teacher_input = teacher_input or to_tensor  # a teacher with its own input size and normalisation
-        self.teacher = configure_model(teacher)
-        teacher_params = collect_params(self.teacher)
-        if not teacher_params:  # a teacher without normalisation layers teaches as it is
-            self.cfg = replace(config, adapt_teacher=False)
-        self.student = configure_model(student)
-        self.e_max = config.e_max_factor * math.log(num_classes)
-        self.opt_teacher = torch.optim.SGD(teacher_params, lr=config.teacher_lr, momentum=config.momentum) \
-            if self.cfg.adapt_teacher else None
-        self.opt_student = torch.optim.SGD(collect_params(self.student), lr=config.student_lr,
-                                           momentum=config.momentum)
-        self.pending: deque[np.ndarray] = deque(maxlen=config.queue)
-        self.replay = ReplayBuffer(config.replay_size, seed)
-        self.steps = 0
-
-    def retarget(self, student: nn.Module) -> None:
-        """Teach a new student structure (a re-composed sub-model); the teacher, what it learned and the
-        replay buffer carry over."""
-        self.student = configure_model(student)
-        self.opt_student = torch.optim.SGD(collect_params(self.student), lr=self.cfg.student_lr,
-                                           momentum=self.cfg.momentum)
+    student_net: SharedModel
+    teacher: AffineSlot
+    student: AffineSlot
+    replay: ReplayBuffer
+    pending: deque = field(default_factory=deque)
+    steps: int = 0
 
     def add(self, images: np.ndarray) -> None:
         """Queue uploaded frames (uint8 [N,H,W]) for the next step."""
         self.pending.extend(images)
 
-    def _batch(self) -> np.ndarray | None:
+    def retarget(self, student_net: SharedModel, student: AffineSlot) -> None:
+        """Teach a new student structure (a re-composed sub-model); the teacher, what it learned and the replay
+        buffer carry over."""
+        self.student_net, self.student = student_net, student
+
+    def student_state(self) -> dict[str, torch.Tensor]:
+        """The student's affine parameters by name (what an update carries)."""
+        return self.student_net.named(self.student.params)
+
+    def take_batch(self, config: DistillConfig) -> np.ndarray | None:
+        """The frames of the next step: the new uploads plus replayed ones (only replayed ones when nothing is
+        new, once the buffer holds enough); None when there is nothing to learn from."""
         new = np.stack(self.pending) if self.pending else None
         self.pending.clear()
         if new is not None:
             self.replay.add(new)
-        if len(self.replay) < self.cfg.replay_min:
+        if len(self.replay) < config.replay_min:
             return new
         if new is None:
-            return self.replay.sample(self.cfg.replay_only)
-        return np.concatenate([new, self.replay.sample(self.cfg.replay_per_step)])
+            return self.replay.sample(config.replay_only)
+        return np.concatenate([new, self.replay.sample(config.replay_per_step)])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this edge holds (its vectors and frames; the shared networks are not its own)."""
+        pending = sum(f.nbytes for f in self.pending)
+        return self.teacher.nbytes + self.student.nbytes + self.replay.nbytes + pending
+
+
+def _per_edge_mean(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """Each edge's mean of its frames' values, summed over the edges: every edge's gradient is that of its own
+    mean (the losses of one edge's step)."""
+    return sum(part.mean() for part in torch.split(values, list(sizes)))
+
+
+class DistillEngine:
+    """CEMA's steps for many edges at once over one shared teacher and shared students. ``to_tensor`` turns
+    uploaded uint8 views into model input (the replay buffers keep the compact views); ``teacher_input`` does
+    it for a teacher with its own input size and normalisation."""
+
+    def __init__(self, teacher: nn.Module, num_classes: int, to_tensor: Callable[[np.ndarray], torch.Tensor],
+                 config: DistillConfig = DistillConfig(),
+                 teacher_input: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+        self.teacher = SharedModel(teacher)
+        self.cfg = config if self.teacher.size else replace(config, adapt_teacher=False)  # teaches as it is
+        self.to_tensor = to_tensor
+        self.teacher_input = teacher_input or to_tensor
+        self.e_max = config.e_max_factor * math.log(num_classes)
+
+    def new_edge(self, student_net: SharedModel, seed: int = 0) -> EdgeDistill:
+        return EdgeDistill(student_net, self.teacher.slot(), student_net.slot(),
+                           ReplayBuffer(self.cfg.replay_size, seed), deque(maxlen=self.cfg.queue))
+
+    @torch.no_grad()
+    def teacher_logits(self, edge: EdgeDistill, x: torch.Tensor) -> torch.Tensor:
+        """The edge's adapted teacher on model inputs ``x`` (statistics of ``x`` itself)."""
+        return self.teacher.forward(x, [len(x)], edge.teacher.params[None])
 
     @torch.enable_grad()
-    def step(self) -> dict[str, torch.Tensor] | None:
-        """Adapt the teacher, distil into the student; returns the student's affine state (None: no data)."""
-        images = self._batch()
-        if images is None or len(images) < 2:
-            return None
+    def step(self, edges: Sequence[EdgeDistill]) -> list[dict[str, torch.Tensor] | None]:
+        """One step for each edge (adapt its teacher, distil into its student) on its own frames; per edge its
+        student's affine state, or None when it had nothing to learn from."""
+        batches = [e.take_batch(self.cfg) for e in edges]
+        active = [i for i, b in enumerate(batches) if b is not None and len(b) >= 2]
+        if not active:
+            return [None] * len(edges)
+        images = np.concatenate([batches[i] for i in active])
+        sizes = [len(batches[i]) for i in active]
         x = self.to_tensor(images)
-        t_logits = self.teacher(x if self.teacher_input is self.to_tensor else self.teacher_input(images))
+        t_table = torch.stack([edges[i].teacher.params for i in active])
+        t_table.requires_grad_(self.cfg.adapt_teacher)
+        t_logits = self.teacher.forward(x if self.teacher_input is self.to_tensor else self.teacher_input(images),
+                                        sizes, t_table)
         if self.cfg.adapt_teacher:
             ent = softmax_entropy(t_logits)
-            loss = (ent * confidence_weights(ent, self.e_max)).mean()
-            loss.backward()
-            self.opt_teacher.step()
-            self.opt_teacher.zero_grad(set_to_none=True)
+            _per_edge_mean(ent * confidence_weights(ent, self.e_max), sizes).backward()
+            for row, i in enumerate(active):
+                edges[i].teacher.sgd(t_table.grad[row], self.cfg.teacher_lr, self.cfg.momentum)
         t_logits = t_logits.detach()
-        s_logits = self.student(x)
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        for net in {id(edges[i].student_net): edges[i].student_net for i in active}.values():
+            rows = [row for row, i in enumerate(active) if edges[i].student_net is net]
+            self._distil(net, [edges[active[r]] for r in rows],
+                         torch.cat([x[starts[r]:starts[r + 1]] for r in rows]),
+                         torch.cat([t_logits[starts[r]:starts[r + 1]] for r in rows]), [sizes[r] for r in rows])
+        for i in active:
+            edges[i].steps += 1
+        return [edges[i].student_state() if i in active else None for i in range(len(edges))]
+
+    def _distil(self, net: SharedModel, edges: list[EdgeDistill], x: torch.Tensor, t_logits: torch.Tensor,
+                sizes: list[int]) -> None:
+        table = torch.stack([e.student.params for e in edges]).requires_grad_(True)
+        s_logits = net.forward(x, sizes, table)
         s_ent = softmax_entropy(s_logits)
         T = self.cfg.temperature
-        loss = (self.cfg.entropy_weight * (s_ent * confidence_weights(s_ent, self.e_max)).mean()
-                + self.cfg.kl_weight * T * T * F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1),
-                                                        reduction="batchmean")
-                + self.cfg.ce_weight * F.cross_entropy(s_logits, t_logits.argmax(1)))
+        kl = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="none").sum(1)
+        ce = F.cross_entropy(s_logits, t_logits.argmax(1), reduction="none")
+        loss = (self.cfg.entropy_weight * _per_edge_mean(s_ent * confidence_weights(s_ent, self.e_max), sizes)
+                + self.cfg.kl_weight * T * T * _per_edge_mean(kl, sizes)
+                + self.cfg.ce_weight * _per_edge_mean(ce, sizes))
         loss.backward()
-        self.opt_student.step()
-        self.opt_student.zero_grad(set_to_none=True)
-        self.steps += 1
-        return affine_state(self.student)
+        for row, edge in enumerate(edges):
+            edge.student.sgd(table.grad[row], self.cfg.student_lr, self.cfg.momentum)
+
+
+class Distiller:
+    """One teacher-student pair (the benchmark's CEMA, one edge): an engine with a single edge."""
+
+    def __init__(self, teacher: nn.Module, student: nn.Module, num_classes: int,
+                 to_tensor: Callable[[np.ndarray], torch.Tensor], config: DistillConfig = DistillConfig(),
+                 seed: int = 0, teacher_input: Callable[[np.ndarray], torch.Tensor] | None = None) -> None:
+        self.engine = DistillEngine(teacher, num_classes, to_tensor, config, teacher_input)
+        self.edge = self.engine.new_edge(SharedModel(student), seed)
+
+    def add(self, images: np.ndarray) -> None:
+        self.edge.add(images)
+
+    def step(self) -> dict[str, torch.Tensor] | None:
+        """Adapt the teacher, distil into the student; returns the student's affine state (None: no data)."""
+        return self.engine.step([self.edge])[0]
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The adapted teacher as a standalone model (a copy)."""
+        return self.engine.teacher.materialise(self.edge.teacher.params)
+
+    @property
+    def student(self) -> nn.Module:
+        """The student as a standalone model (a copy)."""
+        return self.edge.student_net.materialise(self.edge.student.params)

@@ -110,6 +110,8 @@ class EdgeAgent:
         self.events = EventWindow(10.0, clock)  # frames, refusals, drops over the last 10 s (health)
         self.last_reject = ""
         self.latencies: deque[float] = deque(maxlen=200)
+        self.sent_at: dict[int, float] = {}  # batch_seq -> when it left (the newest 256), for update latency
+        self.update_latencies: deque[float] = deque(maxlen=1000)  # s from an upload to the update learned from it
         self.entropies: deque[float] = deque(maxlen=200)
         self.frame_times: deque[float] = deque(maxlen=200)
         self.registered = False
@@ -226,6 +228,9 @@ class EdgeAgent:
                     self.tokens -= bits
                 self.queue.popleft()
                 self.link.send_samples(batch)
+                self.sent_at[batch.batch_seq] = self.clock()
+                if len(self.sent_at) > 256:
+                    del self.sent_at[next(iter(self.sent_at))]
                 self.counters["batches_sent"] += 1
                 self.counters["uploaded"] += len(batch.frames)
                 self.counters["uploaded_bytes"] += bits // 8
@@ -310,11 +315,20 @@ class EdgeAgent:
         header = update.header
         self.version, self.spec = header.version, header.submodel_spec
         self.counters["applied"] += 1
+        self._time_learning(update.learned_batch_seq)
         if self.adapter is not None and header.kind != KIND_NORM_AFFINE:  # a new structure or weights
             with self._adapt_lock:
                 self.adapter.rebase(self.runtime.model)
                 self.adapted = 0
         self.log.info(f"applied {KIND_NAMES[header.kind]} update, now serving version {self.version}")
+
+    def _time_learning(self, learned_seq: int) -> None:
+        """Upload-to-update latency: from sending the newest batch an applied update learned from, to now."""
+        sent = self.sent_at.get(learned_seq)
+        while self.sent_at and next(iter(self.sent_at)) <= learned_seq:  # what it learned is served now
+            del self.sent_at[next(iter(self.sent_at))]
+        if sent is not None:
+            self.update_latencies.append(self.clock() - sent)
 
     # -- local adaptation (trainable profile) ----------------------------------------------------------
     def _queue_adaptation(self, x: np.ndarray) -> None:
@@ -454,9 +468,13 @@ class EdgeAgent:
                           "batches_sent": c["batches_sent"], "queue": len(self.queue),
                           "dropped_batches": c["dropped_batches"], "modules_sent": c["modules_sent"]})
         refused = sum(n for kind, n in w.counts().items() if kind.startswith("refused/") and kind != "refused/image")
+        timed = np.asarray(self.update_latencies) * 1000
         updates = Health("updates", WARN if refused else OK,
                          f"{refused} refused in 10 s: {self.last_reject}" if refused else f"{c['applied']} applied",
                          {"applied": c["applied"], "rejected_updates": c["rejected_updates"],
+                          "learned_uploads": len(timed),
+                          "upload_to_update_p50_ms": f"{np.percentile(timed, 50) if len(timed) else 0:.0f}",
+                          "upload_to_update_p95_ms": f"{np.percentile(timed, 95) if len(timed) else 0:.0f}",
                           "ignored_updates": c["ignored_updates"], "last_reject": self.last_reject,
                           **{f"refused/{k}": n for k, n in sorted(self.reasons.items()) if k != "image"}})
         return [camera, model, link, uploads, updates]

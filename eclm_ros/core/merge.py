@@ -32,13 +32,6 @@ def average(states: Sequence[Mapping[str, torch.Tensor]], weights: Sequence[floa
     return out
 
 
-@torch.no_grad()
-def holdout_accuracy(model: nn.Module, x: torch.Tensor, labels: np.ndarray) -> float:
-    """Accuracy on held-out model inputs; labels may be the cloud teacher's pseudo-labels (uploads carry none)."""
-    model.eval()
-    return float((model(x).argmax(1).numpy() == labels).mean())
-
-
 @torch.enable_grad()
 def finetune(model: nn.Module, x: torch.Tensor, labels: np.ndarray, steps: int = 10, lr: float = 1e-3,
              batch_size: int = 64, seed: int = 0) -> nn.Module:

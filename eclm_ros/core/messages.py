@@ -123,6 +123,7 @@ class ModelUpdate:
     bundle: Bundle
     chunk_index: int = 0
     chunk_count: int = 1
+    learned_batch_seq: int = 0  # the target edge's newest upload batch it learned from (0: none); informative, unsigned
 
     @property
     def wire_size(self) -> int:

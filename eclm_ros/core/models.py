@@ -290,12 +290,19 @@ def module_key(stage: int, module_id: int) -> str:
     return f"stages.{stage}.module{module_id}"
 
 
+def module_names(model: ModularNet) -> dict[str, str]:
+    """The model's own state-dict name of every module tensor, keyed by *cloud* module id
+    ("stages.1.module3.body.0.weight" -> "stages.1.blocks.0.body.0.weight"): the one place that maps blocks to
+    cloud module ids."""
+    return {f"{module_key(s, mid)}.{name}": f"stages.{s}.blocks.{i}.{name}"
+            for s, stage in enumerate(model.stages)
+            for i, (block, mid) in enumerate(zip(stage.blocks, stage.module_ids)) for name in block.state_dict()}
+
+
 def module_tensors(model: ModularNet) -> dict[str, torch.Tensor]:
-    """The live module tensors of a cloud model or sub-model, keyed by *cloud* module id
-    ("stages.1.module3.body.0.weight"): the one place that maps blocks to cloud module ids."""
-    return {f"{module_key(s, mid)}.{name}": value
-            for s, stage in enumerate(model.stages) for block, mid in zip(stage.blocks, stage.module_ids)
-            for name, value in block.state_dict().items()}
+    """The live module tensors of a cloud model or sub-model, keyed by cloud module id."""
+    state = model.state_dict()
+    return {key: state[name] for key, name in module_names(model).items()}
 
 
 def submodel_module_state(sub: ModularNet) -> dict[str, torch.Tensor]:

@@ -151,6 +151,10 @@ CLOUD_COORDINATOR = (
     Param("max_chunk_bytes", 16 * MiB, "updates whose payload is larger travel in chunks of at most this many "
           "bytes", 1024, BIG),
     Param("merge_period_s", 30.0, "seconds between merge rounds across edges", 0.0, 86400.0, low_open=True),
+    Param("ray_workers", 0, "learn on this many Ray workers, each holding the sessions of the edges placed on it "
+          "(0 = on the coordinator's own thread; needs ray, requirements-ray.txt)", 0, 4096, read_only=True),
+    Param("ray_address", "", "the Ray cluster to join ('auto', 'ray://head:10001'; '' = start local workers)",
+          read_only=True),
     AUTOSTART,
 )
 

@@ -216,7 +216,8 @@ def update_to_msg(update: m.ModelUpdate, stamp) -> ModelUpdate:
     msg = ModelUpdate(target_edge=h.target_edge, update_id=h.update_id, version=h.version,
                       base_version=h.base_version, kind=h.kind, submodel_spec=h.submodel_spec,
                       chunk_index=update.chunk_index, chunk_count=update.chunk_count,
-                      signature_scheme=h.signature_scheme, key_id=h.key_id, signature=h.signature)
+                      learned_batch_seq=update.learned_batch_seq, signature_scheme=h.signature_scheme,
+                      key_id=h.key_id, signature=h.signature)
     msg.header.stamp = stamp
     bundle_to_msg(update.bundle, msg.bundle)
     return msg
@@ -225,7 +226,8 @@ def update_to_msg(update: m.ModelUpdate, stamp) -> ModelUpdate:
 def update_from_msg(msg: ModelUpdate) -> m.ModelUpdate:
     header = m.UpdateHeader(msg.target_edge, msg.update_id, int(msg.version), int(msg.base_version), int(msg.kind),
                             msg.submodel_spec, msg.signature_scheme, msg.key_id, bytes(msg.signature))
-    return m.ModelUpdate(header, msg_to_bundle(msg.bundle), int(msg.chunk_index), int(msg.chunk_count))
+    return m.ModelUpdate(header, msg_to_bundle(msg.bundle), int(msg.chunk_index), int(msg.chunk_count),
+                         int(msg.learned_batch_seq))
 
 
 def status_to_msg(status: m.EdgeStatus, stamp) -> EdgeStatus:

@@ -15,12 +15,18 @@ __all__ = ["BUDGET_SHARES", "STRATEGIES", "Cause", "Compose", "ComposeMerge", "D
            "Strategy", "Update", "default_budget", "make_strategy"]
 
 
-def make_strategy(name: str, cloud: Checkpoint, student: Checkpoint | None = None, **kwargs) -> Strategy:
+def make_strategy(name: str, cloud: Checkpoint, student: Checkpoint | None = None, *, ray_workers: int = 0,
+                  ray_address: str = "", **kwargs) -> Strategy:
     """The named strategy over the modular cloud model; with a user's edge model (``student``) or a teacher
     that is not modular, CEMA distillation into that model (the one strategy that applies), saying so in its
-    ``summary``."""
+    ``summary``. With ``ray_workers``, the same strategy spread over that many Ray workers (``ray_address``: a
+    cluster to join, '' = local ones)."""
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(STRATEGIES)}")
+    if ray_workers:
+        from ..ray_strategy import RayStrategy  # Ray is optional: imported only when asked for
+
+        return RayStrategy(name, cloud, student, workers=ray_workers, address=ray_address, **kwargs)
     if student is None and isinstance(cloud.model, ModularNet):
         return STRATEGIES[name](cloud, **kwargs)
     strategy = Distil(cloud, student=student, **kwargs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -58,9 +59,22 @@ class ModulesRefused(ValueError):
 
 
 class Strategy(ABC):
-    """What the coordinator may ask of a strategy; nothing else of it is read from outside."""
+    """What the coordinator may ask of a strategy; nothing else of it is read from outside.
+
+    Learning is asked for many edges at once (``learn``), so a strategy can batch their work. A strategy may
+    spread edges over ``lanes`` (workers that learn in parallel; ``lane`` says whose an edge is) and, when
+    ``concurrent``, be asked from several threads without the coordinator's lock."""
 
     summary: str = ""  # what it does with these models, for the start-up log and /diagnostics
+    lanes: int = 1
+    concurrent: bool = False
+
+    def lane(self, edge_id: str) -> int:
+        """The lane (worker) that learns for this edge."""
+        return 0
+
+    def close(self) -> None:
+        """Release what the strategy started (workers); it is not used afterwards."""
 
     @abstractmethod
     def register(self, edge_id: str, profile: Profile) -> Update:
@@ -75,8 +89,13 @@ class Strategy(ABC):
         """The structure (architecture JSON) the edge should be serving."""
 
     @abstractmethod
+    def learn(self, batches: Sequence[tuple[str, np.ndarray]]) -> dict[str, Update]:
+        """Model views edges uploaded (edge id, uint8 [N,H,W] or [N,H,W,3]), in arrival order; the updates
+        they lead to, per edge. KeyError (nothing learned) when an edge has not registered."""
+
     def on_samples(self, edge_id: str, views: np.ndarray) -> Update | None:
-        """Model views an edge uploaded (uint8 [N,H,W] or [N,H,W,3]); maybe an update for it."""
+        """One edge's upload; maybe an update for it."""
+        return self.learn([(edge_id, views)]).get(edge_id)
 
     def on_modules(self, edge_id: str, spec_json: str, module_state: dict[str, torch.Tensor],
                    frames: int) -> Update | None:

@@ -51,7 +51,8 @@ class CloudCoordinator(ManagedNode):
         if gaps:
             self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         self.coordinator = Coordinator(
-            make_strategy(p["strategy"], cloud, student), DdsCloudLink(self),
+            make_strategy(p["strategy"], cloud, student, ray_workers=p["ray_workers"], ray_address=p["ray_address"]),
+            DdsCloudLink(self),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
             private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
             log=core_logger(self, "cloud"))
@@ -87,6 +88,8 @@ class CloudCoordinator(ManagedNode):
         self.coordinator.close()  # stops learning and saves; start() resumes with the queue as it was
 
     def cleanup(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.strategy.close()  # its Ray workers, when it learns on them
         self.coordinator = None
 
     def on_parameter(self, name: str, value) -> None:
