@@ -84,10 +84,11 @@ def test_shaped_link_estimates_encodings_outage_and_resync(shaped_link, quick_ca
         sent = {u["encoding"] for u in _half(mark, rec["updates"])}
         assert sent == ({"int8"} if mark["rate_bps"] < 2e6 else {"fp16"}), f"{mark['phase']}: {sent}\n{context}"
 
-    during = [p for p in rec["predictions"] if cut["start"] <= p["t"] < cut["end"]]
-    assert len(during) >= 100, f"the edge stopped serving during the cut\n{context}"  # 30 Hz camera: ~360
+    served = [p for p in rec["predictions"] if cut["start"] <= p["t"] < cut["end"]]
+    assert len(served) >= 100, f"the edge stopped serving during the cut\n{context}"  # 30 Hz camera: ~360
     queued = [s["queue"] for s in rec["edge_status"]]
-    assert max(queued) == QUEUE_BOUND, f"the upload queue did not fill to its bound, or passed it: {queued}"
+    in_cut = [s["queue"] for s in rec["edge_status"] if cut["start"] <= s["t"] < cut["end"]]
+    assert max(in_cut) == QUEUE_BOUND == max(queued), f"queue in the cut {in_cut}, in the run {queued} (bound 4)"
 
     applied = applied_updates(log)
     assert any(t >= cut["end"] for t, _, _ in applied), f"no update applied after the cut\n{context}"
