@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,13 +38,13 @@ def _ray():
 
 
 class StrategyShard:
-    """One worker (a Ray actor): the strategy ``make_strategy`` builds, for the edges placed here."""
+    """One worker (a Ray actor): the strategy ``build`` (``strategies.local_strategy``) makes, for the edges
+    placed here."""
 
-    def __init__(self, name: str, cloud: Checkpoint, student: Checkpoint | None, options: dict, threads: int) -> None:
-        from .strategies import make_strategy
-
+    def __init__(self, build: Callable[..., Strategy], name: str, cloud: Checkpoint, student: Checkpoint | None,
+                 options: dict, threads: int) -> None:
         torch.set_num_threads(threads)
-        self.strategy = make_strategy(name, cloud, student, **options)
+        self.strategy = build(name, cloud, student, **options)
 
     def call(self, method: str, *args):
         return getattr(self.strategy, method)(*args)
@@ -69,8 +69,9 @@ class RayStrategy(Strategy):
 
     concurrent = True
 
-    def __init__(self, name: str, cloud: Checkpoint, student: Checkpoint | None = None, *, workers: int = 2,
-                 address: str = "", threads: int = 1, **options) -> None:
+    def __init__(self, name: str, cloud: Checkpoint, student: Checkpoint | None = None, *,
+                 build: Callable[..., Strategy], workers: int = 2, address: str = "", threads: int = 1,
+                 **options) -> None:
         if workers < 1:
             raise ValueError(f"ray workers must be >= 1, got {workers}")
         ray = self.ray = _ray()
@@ -80,7 +81,7 @@ class RayStrategy(Strategy):
                      include_dashboard=False, log_to_driver=False, configure_logging=False)
         actor = ray.remote(num_cpus=threads)(StrategyShard)
         refs = ray.put(cloud), ray.put(student)
-        self.shards = [actor.remote(name, *refs, options, threads) for _ in range(workers)]
+        self.shards = [actor.remote(build, name, *refs, options, threads) for _ in range(workers)]
         ready, _ = ray.wait([s.pid.remote() for s in self.shards], num_returns=workers, timeout=START_TIMEOUT_S)
         if len(ready) < workers:
             self.close()

@@ -26,7 +26,13 @@ def make_strategy(name: str, cloud: Checkpoint, student: Checkpoint | None = Non
     if ray_workers:
         from ..ray_strategy import RayStrategy  # Ray is optional: imported only when asked for
 
-        return RayStrategy(name, cloud, student, workers=ray_workers, address=ray_address, **kwargs)
+        return RayStrategy(name, cloud, student, build=local_strategy, workers=ray_workers, address=ray_address,
+                           **kwargs)
+    return local_strategy(name, cloud, student, **kwargs)
+
+
+def local_strategy(name: str, cloud: Checkpoint, student: Checkpoint | None = None, **kwargs) -> Strategy:
+    """``make_strategy`` in this process: what each Ray worker builds for its edges."""
     if student is None and isinstance(cloud.model, ModularNet):
         return STRATEGIES[name](cloud, **kwargs)
     strategy = Distil(cloud, student=student, **kwargs)
