@@ -214,3 +214,30 @@ def test_learning_on_ray_workers_matches_learning_in_process(quick_model):
                                        local.sessions[e].learner.student_state(), atol=2e-5, rtol=1e-4)
     finally:
         remote.close()
+
+
+def test_restyled_labelled_views_keep_each_edges_result_its_own(quick_model, to_tensor):
+    """With the cloud's labelled views restyled to each edge's uploads, three edges learned in one batched step
+    still end where three engines of one edge each end: every edge draws its views from its own generator."""
+    from eclm_ros.core.restyle import self_labelled
+
+    cloud, student = quick_model("cloud"), quick_model("edge").model
+    source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration, to_tensor))
+    cfg = DistillConfig(replay_min=48, source_steps=2)
+    fleet = DistillEngine(cloud.model, 10, to_tensor, cfg, source=source)
+    net = SharedModel(student)
+    edges = [fleet.new_edge(net, seed=i) for i in range(3)]
+    alone = [DistillEngine(cloud.model, 10, to_tensor, cfg, source=source) for _ in range(3)]
+    singles = [engine.new_edge(SharedModel(student), seed=i) for i, engine in enumerate(alone)]
+    for step in range(3):
+        uploads = [_frames(16 + 8 * i, ("fog", "contrast", "gaussian_noise")[i], start=100 * step + 10 * i)
+                   for i in range(3)]
+        for e, single, batch in zip(edges, singles, uploads):
+            e.add(batch)
+            single.add(batch)
+        states = fleet.step(edges)
+        for state, engine, single in zip(states, alone, singles):
+            expected = engine.step([single])[0]
+            for name, value in expected.items():
+                torch.testing.assert_close(state[name], value, atol=2e-5, rtol=1e-4, msg=f"step {step} {name}")
+    assert not torch.allclose(edges[0].student.params, edges[1].student.params)

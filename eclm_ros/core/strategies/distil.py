@@ -21,6 +21,7 @@ from ..distill import DistillConfig, DistillEngine, EdgeDistill
 from ..messages import KIND_FULL, KIND_NORM_AFFINE, Profile
 from ..models import Budget, ModularNet, SubModelSpec, architecture, derive_spec, model_from_architecture, spec_cost
 from ..preprocess import Preprocessor
+from ..restyle import self_labelled
 from ..shared_norm import AffineSlot, SharedModel
 from .base import Cause, Strategy, Update
 
@@ -79,7 +80,8 @@ class EdgeSession:
 
 
 class Distil(Strategy):
-    """CEMA on the sub-model each edge's budget affords, or, given ``student`` (a user's edge model, any
+    """CEMA on the sub-model each edge's budget affords, with the cloud's labelled calibration views restyled to
+    each edge's conditions (``restyle``), or, given ``student`` (a user's edge model, any
     classifier with normalisation layers), on that model for every edge with ``cloud`` as the teacher (any
     classifier over the same labels, with its own input description): composition needs the modular model.
     A batched step holds at most ``step_frames`` frames (memory); more edges' steps run one after another."""
@@ -96,12 +98,15 @@ class Distil(Strategy):
             if cloud.calibration is None:
                 raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
             self.calibration = Preprocessor(cloud.description).tensor(cloud.calibration)
+            source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration,
+                                                       Preprocessor(cloud.description).tensor))
             self.summary = self.SUMMARY
         elif cloud.description.labels != student.description.labels:
             raise ValueError(f"the teacher's labels {list(cloud.description.labels)[:5]}... differ from the edge "
                              f"model's {list(student.description.labels)[:5]}...: both must score the same classes "
                              f"in the same order (give both the same labels file)")
         else:
+            source = None
             self.summary = ("distillation only (CEMA): the edge model is the user's, so sub-models are not composed "
                             "and modules not merged")
         self.cloud = cloud.model
@@ -112,7 +117,8 @@ class Distil(Strategy):
         self.engine = DistillEngine(self.cloud, self.description.num_classes, self.preprocess.tensor, config,
                                     None if student is None else (
                                         lambda views: teacher_view.tensor(np.stack([teacher_view.view(v)
-                                                                                    for v in views]))))
+                                                                                    for v in views]))),
+                                    source)
         self.min_step_frames, self.holdout_every, self.seed = min_step_frames, holdout_every, seed
         self.budget_fraction, self.step_frames = budget_fraction, step_frames
         self.sessions: dict[str, EdgeSession] = {}

@@ -13,6 +13,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 
 from ...core import checkpoint
 from ...core.coordinator import Coordinator, CoordinatorConfig
+from ...core.distill import DistillConfig
 from ...core.messages import Registration
 from ...core.model_import import InputSpec, load_model
 from ...core.signing import KeyRing, cloud_keys
@@ -51,7 +52,8 @@ class CloudCoordinator(ManagedNode):
         if gaps:
             self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         self.coordinator = Coordinator(
-            make_strategy(p["strategy"], cloud, student, ray_workers=p["ray_workers"], ray_address=p["ray_address"]),
+            make_strategy(p["strategy"], cloud, student, ray_workers=p["ray_workers"], ray_address=p["ray_address"],
+                          config=DistillConfig(source_steps=p["source_steps"])),
             DdsCloudLink(self),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
             private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
