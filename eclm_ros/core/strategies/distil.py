@@ -98,8 +98,8 @@ class Distil(Strategy):
             if cloud.calibration is None:
                 raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
             self.calibration = Preprocessor(cloud.description).tensor(cloud.calibration)
-            source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration,
-                                                       Preprocessor(cloud.description).tensor))
+            source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration, Preprocessor(
+                cloud.description).tensor)) if config.source_per_step and config.source_weight else None
             self.summary = self.SUMMARY
         elif cloud.description.labels != student.description.labels:
             raise ValueError(f"the teacher's labels {list(cloud.description.labels)[:5]}... differ from the edge "

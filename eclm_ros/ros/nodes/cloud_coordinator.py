@@ -53,7 +53,7 @@ class CloudCoordinator(ManagedNode):
             self.get_logger().warning(f"insecure (lab mode): {', '.join(gaps)}")
         self.coordinator = Coordinator(
             make_strategy(p["strategy"], cloud, student, ray_workers=p["ray_workers"], ray_address=p["ray_address"],
-                          config=DistillConfig(source_steps=p["source_steps"])),
+                          config=DistillConfig(source_per_step=p["source_views"], source_steps=p["source_steps"])),
             DdsCloudLink(self),
             CoordinatorConfig(max_pending_batches=p["max_pending_batches"], **{k: p[k] for k in RUNTIME_SETTINGS}),
             private_key=private_key, edge_keys=edge_keys, state_dir=Path(p["state_dir"]) if p["state_dir"] else None,
