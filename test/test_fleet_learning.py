@@ -219,10 +219,10 @@ def test_learning_on_ray_workers_matches_learning_in_process(quick_model):
 def test_restyled_labelled_views_keep_each_edges_result_its_own(quick_model, to_tensor):
     """With the cloud's labelled views restyled to each edge's uploads, three edges learned in one batched step
     still end where three engines of one edge each end: every edge draws its views from its own generator."""
-    from eclm_ros.core.restyle import self_labelled
+    from eclm_ros.core.restyle import LabelledViews
 
     cloud, student = quick_model("cloud"), quick_model("edge").model
-    source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration, to_tensor))
+    source = LabelledViews(cloud.calibration, cloud.model, to_tensor)
     cfg = DistillConfig(replay_min=48, source_steps=2)
     fleet = DistillEngine(cloud.model, 10, to_tensor, cfg, source=source)
     net = SharedModel(student)

@@ -10,7 +10,7 @@ import torch
 from eclm_ros.core.distill import DistillConfig, DistillEngine
 from eclm_ros.core.norm import use_batch_stats
 from eclm_ros.core.preprocess import Preprocessor
-from eclm_ros.core.restyle import amplitude_swap, self_labelled
+from eclm_ros.core.restyle import LabelledViews, amplitude_swap, self_labelled
 from eclm_ros.core.shared_norm import SharedModel
 from eclm_ros.sim.corruptions import corrupt_batch
 from eclm_ros.sim.data import load_fashion_mnist
@@ -61,6 +61,9 @@ def test_the_cloud_labels_its_own_calibration_views_nearly_all_right(shipped):
     labels = self_labelled(cloud.model, xtr[:2048], Preprocessor(cloud.description).tensor)
     assert labels.shape == (2048,) and (labels == ytr[:2048]).mean() > 0.85  # measured 0.92
     assert cloud.calibration is not None and len(cloud.calibration) >= 1024
+    lazy = LabelledViews(xtr[:2048], cloud.model, Preprocessor(cloud.description).tensor)
+    assert "labels" not in vars(lazy)  # nothing labelled until a learning step asks
+    assert (lazy.labels == labels).all()
 
 
 def _student_accuracy(source: bool, environment: str, seed: int, shipped) -> float:
@@ -69,7 +72,7 @@ def _student_accuracy(source: bool, environment: str, seed: int, shipped) -> flo
     views = cloud.calibration
     engine = DistillEngine(cloud.model, 10, to_tensor, DistillConfig() if source else DistillConfig(source_steps=0,
                                                                                                      source_weight=0),
-                           source=(views, self_labelled(cloud.model, views, to_tensor)))
+                           source=LabelledViews(views, cloud.model, to_tensor))
     learner = engine.new_edge(SharedModel(edge.model), seed)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(X))

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapt.tent import softmax_entropy
-from .restyle import amplitude_swap
+from .restyle import LabelledViews, amplitude_swap
 from .shared_norm import AffineSlot, SharedModel
 
 
@@ -168,7 +168,7 @@ class DistillEngine:
     def __init__(self, teacher: nn.Module, num_classes: int, to_tensor: Callable[[np.ndarray], torch.Tensor],
                  config: DistillConfig = DistillConfig(),
                  teacher_input: Callable[[np.ndarray], torch.Tensor] | None = None,
-                 source: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 source: LabelledViews | None = None) -> None:
         self.teacher = SharedModel(teacher)
         self.cfg = config if self.teacher.size else replace(config, adapt_teacher=False)  # teaches as it is
         self.to_tensor = to_tensor
@@ -178,7 +178,7 @@ class DistillEngine:
 
     def _restyled(self, edges: Sequence[EdgeDistill]) -> tuple[np.ndarray, torch.Tensor]:
         """Per edge, ``source_per_step`` labelled views in the conditions of its new uploads, and their labels."""
-        views, labels = self.source
+        views, labels = self.source.views, self.source.labels
         picks = [e.rng.integers(0, len(views), self.cfg.source_per_step) for e in edges]
         styled = np.concatenate([amplitude_swap(views[p], e.fresh, e.rng) for p, e in zip(picks, edges)])
         return styled, torch.as_tensor(np.concatenate([labels[p] for p in picks]), dtype=torch.long)

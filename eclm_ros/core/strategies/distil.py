@@ -21,7 +21,7 @@ from ..distill import DistillConfig, DistillEngine, EdgeDistill
 from ..messages import KIND_FULL, KIND_NORM_AFFINE, Profile
 from ..models import Budget, ModularNet, SubModelSpec, architecture, derive_spec, model_from_architecture, spec_cost
 from ..preprocess import Preprocessor
-from ..restyle import self_labelled
+from ..restyle import LabelledViews
 from ..shared_norm import AffineSlot, SharedModel
 from .base import Cause, Strategy, Update
 
@@ -98,8 +98,7 @@ class Distil(Strategy):
             if cloud.calibration is None:
                 raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
             self.calibration = Preprocessor(cloud.description).tensor(cloud.calibration)
-            source = (cloud.calibration, self_labelled(cloud.model, cloud.calibration, Preprocessor(
-                cloud.description).tensor)) if config.source_per_step and config.source_weight else None
+            source = LabelledViews(cloud.calibration, cloud.model, Preprocessor(cloud.description).tensor)
             self.summary = self.SUMMARY
         elif cloud.description.labels != student.description.labels:
             raise ValueError(f"the teacher's labels {list(cloud.description.labels)[:5]}... differ from the edge "
