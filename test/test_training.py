@@ -30,6 +30,27 @@ def test_checkpoints_carry_what_the_nodes_need(quick_model):
     assert edge.calibration is None and edge.manifest["derived_from"] == "cloud"
 
 
+def test_float16_checkpoints_hold_half_the_bytes_and_load_as_float32(quick_model, tmp_path):
+    """The shipped defaults store float16 weights (``ship``): half the bytes, the same model to 0.01 point."""
+    import copy
+
+    import torch
+
+    cloud = quick_model("cloud")
+    checkpoint.save(tmp_path / "full.pt", cloud.model, cloud.description, cloud.calibration)
+    rounded = copy.deepcopy(cloud.model).half().float()
+    checkpoint.save(tmp_path / "half.pt", rounded.half(), cloud.description, cloud.calibration)
+    weights = (tmp_path / "full.pt").stat().st_size - cloud.calibration.nbytes
+    assert (tmp_path / "half.pt").stat().st_size - cloud.calibration.nbytes < 0.6 * weights
+    loaded = checkpoint.load(tmp_path / "half.pt")
+    for (name, got), want in zip(loaded.model.state_dict().items(), rounded.float().state_dict().values()):
+        assert got.dtype == want.dtype and torch.equal(got, want), name
+    assert (loaded.calibration == cloud.calibration).all()
+    full = checkpoint.load(tmp_path / "full.pt").model
+    x, y = load_fashion_mnist("test")
+    assert accuracy(loaded.model, x[:2000], y[:2000]) == pytest.approx(accuracy(full, x[:2000], y[:2000]), abs=0.005)
+
+
 def test_missing_or_foreign_model_files_name_the_fix(tmp_path):
     with pytest.raises(checkpoint.ModelFileError, match="eclm-ros train"):
         checkpoint.load(tmp_path / "edge.pt", fix="run 'eclm-ros train'")

@@ -9,8 +9,9 @@ environment is not forgotten in the next. What goes back to the edge is only the
 Beyond CEMA, given ``source`` (clean views the cloud knows the labels of), teacher and student also learn
 ``source_weight`` * CE on those views restyled to the edge's new uploads (``restyle``), and the student takes
 ``source_steps`` more steps on such views alone: labels under the edge's own conditions, where entropy and a
-teacher adapting on the same frames have none (harsh world, severity 5, small robot: +3.9 points over CEMA's
-losses alone; 0 extra steps +1.5, 4 +2.4, 8 +3.9).
+teacher adapting on the same frames have none (harsh world, severity 5, small robot, seed 0: 69.7 % with CEMA's
+losses alone; swapped views with 0 extra steps 72.3 %, 8 steps 73.8 %; fitted and swapped views with 8 steps
+75.4 %, 16 steps 76.3 %).
 
 For a fleet, every edge has its own teacher and student, but not its own copies of the networks: both are
 ``SharedModel``s (one teacher for all edges, one student per sub-model structure) and an edge holds only its
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .adapt.tent import softmax_entropy
-from .restyle import LabelledViews, amplitude_swap
+from .restyle import LabelledViews, restyle
 from .shared_norm import AffineSlot, SharedModel
 
 
@@ -55,7 +56,7 @@ class DistillConfig:
     adapt_teacher: bool = True
     source_per_step: int = 64
     source_weight: float = 3.0
-    source_steps: int = 8
+    source_steps: int = 16
 
 
 class ReplayBuffer:
@@ -159,6 +160,14 @@ def _per_edge_mean(values: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
     return sum(part.mean() for part in torch.split(values, list(sizes)))
 
 
+def _by_student(edges: Sequence[EdgeDistill], active: list[int]) -> list[tuple[SharedModel, list[int]]]:
+    """The active edges grouped by the student network they share: (network, their rows in ``active``)."""
+    groups: dict[int, tuple[SharedModel, list[int]]] = {}
+    for row, i in enumerate(active):
+        groups.setdefault(id(edges[i].student_net), (edges[i].student_net, []))[1].append(row)
+    return list(groups.values())
+
+
 class DistillEngine:
     """CEMA's steps for many edges at once over one shared teacher and shared students. ``to_tensor`` turns
     uploaded uint8 views into model input (the replay buffers keep the compact views); ``teacher_input`` does
@@ -180,8 +189,14 @@ class DistillEngine:
         """Per edge, ``source_per_step`` labelled views in the conditions of its new uploads, and their labels."""
         views, labels = self.source.views, self.source.labels
         picks = [e.rng.integers(0, len(views), self.cfg.source_per_step) for e in edges]
-        styled = np.concatenate([amplitude_swap(views[p], e.fresh, e.rng) for p, e in zip(picks, edges)])
+        styled = np.concatenate([restyle(views[p], e.fresh, self.source.power, e.rng) for p, e in zip(picks, edges)])
         return styled, torch.as_tensor(np.concatenate([labels[p] for p in picks]), dtype=torch.long)
+
+    def _rows_of(self, source: tuple[np.ndarray, torch.Tensor], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The restyled views (as model input) and labels of the edges at ``rows`` of a step's active edges."""
+        k = self.cfg.source_per_step
+        return (self.to_tensor(np.concatenate([source[0][r * k:(r + 1) * k] for r in rows])),
+                torch.cat([source[1][r * k:(r + 1) * k] for r in rows]))
 
     def new_edge(self, student_net: SharedModel, seed: int = 0) -> EdgeDistill:
         return EdgeDistill(student_net, self.teacher.slot(), student_net.slot(),
@@ -204,10 +219,7 @@ class DistillEngine:
         images = np.concatenate([batches[i] for i in active])
         sizes = [len(batches[i]) for i in active]
         x = self.to_tensor(images)
-        source = None
-        if self.source is not None:
-            styled, labels = self._restyled([edges[i] for i in active])
-            source = styled, labels, [self.cfg.source_per_step] * len(active)
+        source = self._restyled([edges[i] for i in active]) if self.source is not None else None
         t_table = torch.stack([edges[i].teacher.params for i in active])
         t_table.requires_grad_(self.cfg.adapt_teacher)
         t_logits = self.teacher.forward(x if self.teacher_input is self.to_tensor else self.teacher_input(images),
@@ -216,30 +228,25 @@ class DistillEngine:
             ent = softmax_entropy(t_logits)
             loss = _per_edge_mean(ent * confidence_weights(ent, self.e_max), sizes)
             if source is not None:
+                source_sizes = [self.cfg.source_per_step] * len(active)
                 loss = loss + self.cfg.source_weight * _per_edge_mean(F.cross_entropy(
-                    self.teacher.forward(self.teacher_input(source[0]), source[2], t_table), source[1],
-                    reduction="none"), source[2])
+                    self.teacher.forward(self.teacher_input(source[0]), source_sizes, t_table), source[1],
+                    reduction="none"), source_sizes)
             loss.backward()
             for row, i in enumerate(active):
                 edges[i].teacher.sgd(t_table.grad[row], self.cfg.teacher_lr, self.cfg.momentum)
         t_logits = t_logits.detach()
         starts = np.concatenate([[0], np.cumsum(sizes)])
-        for net in {id(edges[i].student_net): edges[i].student_net for i in active}.values():
-            rows = [row for row, i in enumerate(active) if edges[i].student_net is net]
-            k = self.cfg.source_per_step
+        groups = _by_student(edges, active)
+        for net, rows in groups:
             self._distil(net, [edges[active[r]] for r in rows],
                          torch.cat([x[starts[r]:starts[r + 1]] for r in rows]),
                          torch.cat([t_logits[starts[r]:starts[r + 1]] for r in rows]), [sizes[r] for r in rows],
-                         None if source is None else (
-                             self.to_tensor(np.concatenate([source[0][r * k:(r + 1) * k] for r in rows])),
-                             torch.cat([source[1][r * k:(r + 1) * k] for r in rows])))
+                         None if source is None else self._rows_of(source, rows))
         for _ in range(self.cfg.source_steps if source is not None else 0):
-            styled, labels = self._restyled([edges[i] for i in active])
-            for net in {id(edges[i].student_net): edges[i].student_net for i in active}.values():
-                rows = [row for row, i in enumerate(active) if edges[i].student_net is net]
-                self._learn_source(net, [edges[active[r]] for r in rows],
-                                   self.to_tensor(np.concatenate([styled[r * k:(r + 1) * k] for r in rows])),
-                                   torch.cat([labels[r * k:(r + 1) * k] for r in rows]))
+            source = self._restyled([edges[i] for i in active])
+            for net, rows in groups:
+                self._learn_source(net, [edges[active[r]] for r in rows], *self._rows_of(source, rows))
         for i in active:
             edges[i].steps += 1
         return [edges[i].student_state() if i in active else None for i in range(len(edges))]

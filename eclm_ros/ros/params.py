@@ -143,7 +143,7 @@ CLOUD_COORDINATOR = (
           "eclm_ros (+ECAvg merge rounds across edges)", choices=("distil", "compose", "eclm_ros"), read_only=True),
     Param("source_views", 64, "the cloud's labelled views restyled to an edge's uploads per learning step (0 = none: "
           "CEMA's losses alone, the least cloud CPU per robot)", 0, 4096, read_only=True),
-    Param("source_steps", 8, "student steps per learning step on such views alone, beyond the main step (more: "
+    Param("source_steps", 16, "student steps per learning step on such views alone, beyond the main step (more: "
           "accuracy under harsh shifts for cloud CPU)", 0, 64, read_only=True),
     Param("update_encoding", "fp16", "tensor encoding of affine updates (a smaller one when the downlink needs it)",
           choices=("raw", "fp16", "int8")),

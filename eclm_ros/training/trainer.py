@@ -24,7 +24,6 @@ import hashlib
 import inspect
 import json
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -319,14 +318,20 @@ def dataset_from_arguments(parser: argparse.ArgumentParser, args: argparse.Names
 
 
 def ship(manifests: dict[str, dict], cache_dir: Path | str | None = None) -> Path:
-    """Copy the full defaults from the cache into the package with their manifest and digests (maintainers:
-    the files a fresh install serves with)."""
+    """Write the full defaults from the cache into the package, their weights as float16 (half the bytes; they
+    load as float32, clean accuracy within 0.01 point), with their manifest, clean accuracy as shipped and
+    digests (maintainers: the files a fresh install serves with)."""
     checkpoint.SHIPPED_DIR.mkdir(parents=True, exist_ok=True)
+    test_x, test_y = fashion_mnist().split("test")
     shipped = {}
     for name in DEFAULTS:
         target = checkpoint.SHIPPED_DIR / f"{name}.pt"
-        shutil.copyfile(checkpoint.cache_path(name, False, cache_dir), target)
-        shipped[name] = {**manifests[name], "file": target.name, "bytes": target.stat().st_size,
+        trained = checkpoint.load(checkpoint.cache_path(name, False, cache_dir))
+        model = trained.model.half().float()  # as it loads: float16 values in float32
+        manifest = {**manifests[name], "weights": "float16",
+                    "clean_test_accuracy": round(accuracy(model, test_x, test_y, trained.description), 4)}
+        checkpoint.save(target, model.half(), trained.description, trained.calibration, manifest)
+        shipped[name] = {**manifest, "file": target.name, "bytes": target.stat().st_size,
                          "sha256": checkpoint.file_digest(target)}
     checkpoint.SHIPPED_MANIFEST.write_text(json.dumps(shipped, indent=2) + "\n")
     return checkpoint.SHIPPED_DIR
