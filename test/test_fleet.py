@@ -106,6 +106,10 @@ def test_one_cloud_serves_a_mixed_fleet_and_each_robot_gets_and_measures_only_it
         cloud_edges = _newest(diagnostics, "/eclm/cloud_coordinator", "edges")
         assert all(f"version/{n}" in cloud_edges for n in names)  # one cloud serves them all
 
+        # a downlink estimate needs a probe answered in time, which a cloud busy learning for four robots on two
+        # shared cores sometimes misses for a while: waited for, not assumed by this point
+        wait_for(lambda: all(any(m.link_up and m.downlink_bps > 0 for m in listener.received[f"/{n}/bandwidth"])
+                             for n in names), 120, "every monitor measuring its robot's downlink")
         assert {m.edge_id for m in listener.received["/eclm/link_estimates"]} == set(names)
         for n in names:  # every monitor reports its own robot's link, measured by its own probes
             assert listener.received[f"/{n}/bandwidth"]
