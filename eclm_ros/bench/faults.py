@@ -220,8 +220,11 @@ def clock_jumps(rig: Rig, jumps: tuple[float, ...] = (3600.0, -1800.0, 86400.0, 
             result.recovered_s.append(time.monotonic() - t0)
             wait_for(lambda: abs(rig.predictions("robot1")[-1].header.stamp.sec - sim["t"]) < 30, 60,
                      "frames stamped by the jumped /clock (the camera stamps with its ROS clock)")
-            link = rig.diagnostics("edge_learner", "cloud link")
-            result.expect(link is not None and link[0] == 0, f"the edge is not registered after a {jump:+.0f} s jump")
+            try:  # a jump can make the last contact look stale until the next one: regained, not kept, is the bar
+                wait_for(lambda: (link := rig.diagnostics("edge_learner", "cloud link")) is not None and link[0] == 0,
+                         60, "")
+            except AssertionError:
+                result.problems.append(f"the edge is not registered 60 s after a {jump:+.0f} s jump")
             result.repetitions += 1
     finally:
         sim["run"] = False
