@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from eclm_ros.bench import run as bench
 from eclm_ros.bench.method import BenchContext, Traffic
@@ -55,9 +56,7 @@ def test_methods_see_identical_pixels_only(quick_cache, monkeypatch):
 
 
 def test_bad_arguments_are_refused(quick_cache, tmp_path, capsys):
-    import pytest
-
-    for args in (["--severity", "7"], ["--methods", "magic"], ["--batch", "0"]):
+    for args in (["--severity", "7"], ["--methods", "magic"], ["--batch", "0"], ["--jobs", "0"]):
         with pytest.raises(SystemExit):
             cli(["--quick", "--cache", str(quick_cache), "--out", str(tmp_path), *args])
     assert "magic" in capsys.readouterr().err
@@ -116,6 +115,24 @@ def test_the_matrix_runs_every_world_and_budget_and_seeds_give_a_spread(quick_ca
     assert tiny["edge"]["macs"] < small["edge"]["macs"] and tiny["edge_fixed"]["name"] == "edge_tiny"
     summary = (out / "summary.md").read_text()
     assert "| harsh-tiny | severity_5 |" in summary and "## goals" in summary
+
+
+def test_the_matrix_in_worker_processes_gives_the_same_cells(quick_cache, tmp_path):
+    """``--jobs 2`` runs cells in two processes: the same frames, so the same accuracies for methods whose
+    predictions do not depend on thread count (no back-propagation), every cell written and summarised in order."""
+    common = ["--quick", "--cache", str(quick_cache), "--world", "mild,harsh", "--methods", "source,bn",
+              "--severity", "5", "--frames-per-segment", "16", "--batch", "16", "--threads", "1"]
+    assert cli([*common, "--out", str(tmp_path / "one")]) == 0
+    assert cli([*common, "--out", str(tmp_path / "two"), "--jobs", "2"]) == 0
+    for cell in ("mild-small", "harsh-small"):
+        one, two = (json.loads((tmp_path / d / cell / "results.json").read_text())["runs"]["severity_5"]["methods"]
+                    for d in ("one", "two"))
+        for method in ("source", "bn"):
+            assert two[method]["accuracy"] == pytest.approx(one[method]["accuracy"], abs=1e-9), (cell, method)
+        assert (tmp_path / "two" / cell / "accuracy.png").stat().st_size > 0
+        assert "accuracy" in (tmp_path / "two" / cell / "bench.log").read_text()
+    summary = (tmp_path / "two" / "summary.md").read_text()
+    assert summary.index("| mild-small |") < summary.index("| harsh-small |")
 
 
 def test_a_harsh_world_and_a_mixed_stream(quick_cache, tmp_path, monkeypatch):

@@ -150,6 +150,32 @@ def test_a_flooding_edge_cannot_crowd_out_the_others_and_updates_say_what_they_l
     assert cloud.on_samples(_batch("quiet1", 41, frames)) and cloud.queued == 1  # room again once learned
 
 
+def test_a_backlog_paces_the_extra_steps_so_a_busy_cloud_learns_from_more_uploads(quick_model, monkeypatch):
+    """The restyled views and the extra student steps on them scale with what waits: none with a round's worth
+    queued behind this one (CEMA's losses alone, the cheapest step), all of them once the queue is empty,
+    reported on /diagnostics."""
+    strategy = make_strategy("distil", quick_model("cloud"), config=DistillConfig(source_steps=4), min_step_frames=1,
+                             holdout_every=0)
+    steps, restyled = [], []
+    learn_source, restyle = strategy.engine._learn_source, strategy.engine._restyled
+    monkeypatch.setattr(strategy.engine, "_learn_source", lambda *a: steps.append(1) or learn_source(*a))
+    monkeypatch.setattr(strategy.engine, "_restyled", lambda edges, k: restyled.append(k) or restyle(edges, k))
+    cloud = Coordinator(strategy, Sent(), CoordinatorConfig(round_frames=48))
+    for edge in ("a", "b", "c"):
+        assert cloud.register(Registration(edge, Profile(), 0)).accepted
+    frames = _frames(16)
+    for seq in (1, 2):
+        for edge in ("a", "b", "c"):
+            assert cloud.on_samples(_batch(edge, seq, frames))
+    assert cloud.process(max_jobs=1) == 1 and cloud.spare == 0.0 and steps == restyled == []  # 3 batches wait
+    cloud.process()
+    assert cloud.queued == 0 and cloud.spare == 1.0 and len(steps) == 4 and restyled == [64] * 5
+    uploads = next(h.values for h in cloud.health() if h.name == "uploads")
+    assert uploads["learning_pace"] == "1.00"
+    strategy.pace(0.5)
+    assert strategy.learn([("a", frames)]) and len(steps) == 4 + 2 and restyled[5:] == [32] * 3
+
+
 def test_the_edge_measures_upload_to_update_latency_on_its_clock(quick_model):
     from eclm_ros.core.edge_agent import EdgeAgent, EdgeConfig
     from eclm_ros.core.edge_runtime import make_runtime

@@ -30,25 +30,41 @@ def test_checkpoints_carry_what_the_nodes_need(quick_model):
     assert edge.calibration is None and edge.manifest["derived_from"] == "cloud"
 
 
-def test_float16_checkpoints_hold_half_the_bytes_and_load_as_float32(quick_model, tmp_path):
-    """The shipped defaults store float16 weights (``ship``): half the bytes, the same model to 0.01 point."""
-    import copy
-
+@pytest.mark.parametrize("weights, share", [("float16", 0.6), ("int8", 0.35)])
+def test_compact_checkpoints_hold_fewer_bytes_and_load_as_float32(quick_model, tmp_path, weights, share):
+    """The shipped defaults store int8 weights (``ship``): about a quarter of the bytes, they load as float32
+    with the values ``as_stored`` predicts, and the model keeps its clean accuracy to half a point."""
     import torch
 
     cloud = quick_model("cloud")
-    checkpoint.save(tmp_path / "full.pt", cloud.model, cloud.description, cloud.calibration)
-    rounded = copy.deepcopy(cloud.model).half().float()
-    checkpoint.save(tmp_path / "half.pt", rounded.half(), cloud.description, cloud.calibration)
-    weights = (tmp_path / "full.pt").stat().st_size - cloud.calibration.nbytes
-    assert (tmp_path / "half.pt").stat().st_size - cloud.calibration.nbytes < 0.6 * weights
-    loaded = checkpoint.load(tmp_path / "half.pt")
-    for (name, got), want in zip(loaded.model.state_dict().items(), rounded.float().state_dict().values()):
-        assert got.dtype == want.dtype and torch.equal(got, want), name
-    assert (loaded.calibration == cloud.calibration).all()
-    full = checkpoint.load(tmp_path / "full.pt").model
+    checkpoint.save(tmp_path / "full.pt", cloud.model, cloud.description)
+    checkpoint.save(tmp_path / "small.pt", cloud.model, cloud.description, weights=weights)
+    assert (tmp_path / "small.pt").stat().st_size < share * (tmp_path / "full.pt").stat().st_size
+    checkpoint.save(tmp_path / "small.pt", cloud.model, cloud.description, cloud.calibration, weights=weights)
+    loaded = checkpoint.load(tmp_path / "small.pt")
+    expected = checkpoint.as_stored(cloud.model, weights).state_dict()
+    for name, got in loaded.model.state_dict().items():
+        want = expected[name]
+        assert got.dtype == cloud.model.state_dict()[name].dtype and torch.equal(got, want), name
+    assert loaded.calibration.shape == cloud.calibration.shape and (loaded.calibration == cloud.calibration).all()
     x, y = load_fashion_mnist("test")
-    assert accuracy(loaded.model, x[:2000], y[:2000]) == pytest.approx(accuracy(full, x[:2000], y[:2000]), abs=0.005)
+    assert accuracy(loaded.model, x[:2000], y[:2000]) == pytest.approx(
+        accuracy(cloud.model, x[:2000], y[:2000]), abs=0.005)
+    with pytest.raises(ValueError, match="weights must be one of"):
+        checkpoint.save(tmp_path / "bad.pt", cloud.model, cloud.description, weights="int4")
+
+
+def test_a_forged_int8_scale_is_refused_with_the_file_named(quick_model, tmp_path):
+    import torch
+
+    edge = quick_model("edge")
+    checkpoint.save(tmp_path / "edge.pt", edge.model, edge.description, weights="int8")
+    blob = torch.load(tmp_path / "edge.pt", weights_only=True)
+    name = next(iter(blob["scales"]))
+    blob["scales"][name] = torch.ones(3, 1, 1, 1, 1)
+    torch.save(blob, tmp_path / "forged.pt")
+    with pytest.raises(checkpoint.ModelFileError, match="forged.pt: the weights"):
+        checkpoint.load(tmp_path / "forged.pt")
 
 
 def test_missing_or_foreign_model_files_name_the_fix(tmp_path):

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +30,7 @@ from ..sim.corruptions import CORRUPTIONS, WORLDS
 from ..sim.data import Dataset, fashion_mnist
 from ..sim.evaluation import Evaluator
 from ..sim.world import Schedule, WorldStream, default_schedule, parse_schedule
-from ..training.trainer import accuracy, data_arguments, dataset_from_arguments
+from ..training.trainer import accuracy, data_arguments, dataset_from_arguments, ensure
 from .baselines import METHODS as BASELINES
 from .collab import METHODS as COLLAB_METHODS
 from .method import FIXED_MODELS, BenchContext, Method
@@ -115,6 +118,27 @@ def run_bench(methods: list[str], streams: dict[str, Schedule], batch_size: int,
     return results
 
 
+def run_cell(methods: list[str], streams: dict[str, Schedule], batch_size: int, seeds: list[int], quick: bool,
+             cache_dir: Path | None, console: Console, world: str, dataset: Dataset | None, budget: str,
+             out: Path) -> dict:
+    """One world and robot size over the seeds (merged to mean and spread), written to ``out``."""
+    runs = [run_bench(methods, streams, batch_size, seed, quick, cache_dir, console, world, dataset, budget)
+            for seed in seeds]
+    results = over_seeds(runs) if len(seeds) > 1 else runs[0]
+    write_results(results, out)
+    return results
+
+
+def _cell_in_process(cell: dict, threads: int) -> dict:
+    """A cell in a worker process (``--jobs``): its progress goes to OUT/bench.log, its results come back without
+    the evaluators (the plots are written already)."""
+    torch.set_num_threads(threads)
+    cell["out"].mkdir(parents=True, exist_ok=True)
+    with (cell["out"] / "bench.log").open("w") as log:
+        results = run_cell(**cell, console=Console(file=log, width=120))
+    return {k: v for k, v in results.items() if not k.startswith("_")}
+
+
 def cli(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="eclm-ros bench", description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny models and a short stream (CI, < 5 min)")
@@ -138,9 +162,14 @@ def cli(argv: list[str]) -> int:
                         "reported as mean and standard deviation over them")
     parser.add_argument("--cache", type=Path, default=None, help="checkpoint cache directory")
     data_arguments(parser)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = all cores; with --jobs, the "
+                        "cores shared out)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at once, each in its own process (the "
+                        "matrix on 2 cores: --jobs 2); their progress goes to each cell's bench.log")
     args = parser.parse_args(argv)
     dataset = dataset_from_arguments(parser, args)
+    if args.jobs < 1:
+        parser.error("--jobs must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -167,21 +196,37 @@ def cli(argv: list[str]) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods takes comma-separated names from {','.join(METHODS)}, got {args.methods!r}")
     console = Console()
+    grid = list(itertools.product(worlds, budgets))
+    todo = {f"{world}-{budget}": dict(methods=methods, streams=streams, batch_size=args.batch, seeds=seeds,
+                                      quick=args.quick, cache_dir=args.cache, world=world, dataset=dataset,
+                                      budget=budget, out=args.out if len(grid) == 1 else args.out / f"{world}-{budget}")
+            for world, budget in grid}
     cells = {}
     t0 = time.perf_counter()
-    for world, budget in itertools.product(worlds, budgets):
-        out = args.out if len(worlds) * len(budgets) == 1 else args.out / f"{world}-{budget}"
-        try:
-            runs = [run_bench(methods, streams, args.batch, seed, args.quick, args.cache, console, world, dataset,
-                              budget) for seed in seeds]
-        except ValueError as exc:
-            parser.error(str(exc))
-        results = over_seeds(runs) if len(seeds) > 1 else runs[0]
-        write_results(results, out)
+
+    def done(name: str, results: dict) -> None:
+        cells[name] = results
         console.print(to_markdown(results))
-        console.print(f"wrote {out}/results.json, results.md, accuracy.png")
-        cells[f"{world}-{budget}"] = results
+        console.print(f"wrote {todo[name]['out']}/results.json, results.md, accuracy.png "
+                      f"({(time.perf_counter() - t0) / 60:.1f} min)")
+
+    if args.jobs > 1 and len(todo) > 1:
+        ensure(args.quick, args.cache, dataset)  # trained once here, not by every worker at once
+        threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+        console.print(f"{len(todo)} cells, {args.jobs} at once with {threads} torch thread(s) each; progress in "
+                      f"each cell's bench.log")
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(_cell_in_process, cell, threads): name for name, cell in todo.items()}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
+        cells = {name: cells[name] for name in todo}
+    else:
+        for name, cell in todo.items():
+            done(name, run_cell(**cell, console=console))
     if len(cells) > 1:
         (args.out / "summary.md").write_text(summary_markdown(cells, time.perf_counter() - t0))
         console.print((args.out / "summary.md").read_text())

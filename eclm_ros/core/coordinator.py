@@ -4,7 +4,8 @@ signing, chunking, persistence.
 Uploads are admitted (registered edge, decodable, signed by the edge's enrolled key when keys are set) and
 queued per edge, bounded in all (a full queue drops from the edge holding the most, so a flooding edge never
 crowds out the others). Learning takes rounds: one waiting batch from each of up to ``round_frames`` frames'
-worth of edges, served round-robin, learned together by the strategy (batched), on the caller's thread
+worth of edges, served round-robin, learned together by the strategy (batched; its optional extra learning
+paced by what waits behind the round, ``Strategy.pace``), on the caller's thread
 (``process``, the benchmark) or on a worker thread per strategy lane (``start``, the node; a lane is a worker
 of a strategy that spreads edges, e.g. over Ray), so message handling never waits for a backward pass. Every
 update carries the newest upload batch of its edge it learned from (the edge measures upload-to-update
@@ -108,6 +109,7 @@ class Coordinator:
         self.waiting: dict[str, deque] = {}  # per edge, its admitted batches (batch_seq, views), oldest first
         self.turns = [deque() for _ in range(strategy.lanes)]  # per lane, edges with waiting batches, in turn
         self.queued = 0
+        self.spare = 1.0  # the last round's share of optional extra learning (``Strategy.pace``)
         self.control: deque = deque()  # module integrations and merge rounds, run before the next round
         self._running = threading.Event()
         self._workers: list[threading.Thread] = []
@@ -375,14 +377,18 @@ class Coordinator:
 
     def _learn(self, items: list[tuple[str, int, np.ndarray]]) -> None:
         """One round: the strategy learns from every edge's batch at once (under the lock unless it is
-        concurrent), then each update leaves."""
+        concurrent), then each update leaves. Its optional extra learning is paced by the backlog: all of it
+        with nothing waiting, none once as many batches wait as this round learns from."""
         batches = [(edge_id, views) for edge_id, _, views in items]
         cpu = time.thread_time()
+        self.spare = max(0.0, 1.0 - self.queued / len(items))
         try:
             if self.strategy.concurrent:
+                self.strategy.pace(self.spare)
                 updates = self.strategy.learn(batches)
             else:
                 with self.lock:
+                    self.strategy.pace(self.spare)
                     updates = self.strategy.learn(batches)
         except Exception as exc:  # a learning failure must not stop the coordinator
             self._refuse("learning", f"samples of {sorted({e for e, _ in batches})}: {type(exc).__name__}: {exc}")
@@ -504,6 +510,7 @@ class Coordinator:
                                                "modules_integrated", "rejected_modules")},
                           "queue": self.queued, "learned_batches": c["learned_batches"],
                           "learned_frames": c["learned_frames"], "learning_cpu_s": f"{self.learn_cpu_s:.1f}",
+                          "learning_pace": f"{self.spare:.2f}",
                           "last_reject": self.last_reject})
         updates = Health("updates", OK, f"{c['updates']} sent",
                          {**{k: c[k] for k in ("updates", "registrations", "recompositions", "merges_accepted",

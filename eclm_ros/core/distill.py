@@ -185,16 +185,16 @@ class DistillEngine:
         self.e_max = config.e_max_factor * math.log(num_classes)
         self.source = source if source is not None and config.source_per_step and config.source_weight else None
 
-    def _restyled(self, edges: Sequence[EdgeDistill]) -> tuple[np.ndarray, torch.Tensor]:
-        """Per edge, ``source_per_step`` labelled views in the conditions of its new uploads, and their labels."""
+    def _restyled(self, edges: Sequence[EdgeDistill], k: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Per edge, ``k`` labelled views in the conditions of its new uploads, and their labels."""
         views, labels = self.source.views, self.source.labels
-        picks = [e.rng.integers(0, len(views), self.cfg.source_per_step) for e in edges]
+        picks = [e.rng.integers(0, len(views), k) for e in edges]
         styled = np.concatenate([restyle(views[p], e.fresh, self.source.power, e.rng) for p, e in zip(picks, edges)])
         return styled, torch.as_tensor(np.concatenate([labels[p] for p in picks]), dtype=torch.long)
 
-    def _rows_of(self, source: tuple[np.ndarray, torch.Tensor], rows: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _rows_of(self, source: tuple[np.ndarray, torch.Tensor], rows: list[int],
+                 k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The restyled views (as model input) and labels of the edges at ``rows`` of a step's active edges."""
-        k = self.cfg.source_per_step
         return (self.to_tensor(np.concatenate([source[0][r * k:(r + 1) * k] for r in rows])),
                 torch.cat([source[1][r * k:(r + 1) * k] for r in rows]))
 
@@ -209,9 +209,10 @@ class DistillEngine:
         return self.teacher.forward(x, [len(x)], edge.teacher.params[None])
 
     @torch.enable_grad()
-    def step(self, edges: Sequence[EdgeDistill]) -> list[dict[str, torch.Tensor] | None]:
-        """One step for each edge (adapt its teacher, distil into its student) on its own frames; per edge its
-        student's affine state, or None when it had nothing to learn from."""
+    def step(self, edges: Sequence[EdgeDistill], spare: float = 1.0) -> list[dict[str, torch.Tensor] | None]:
+        """One step for each edge (adapt its teacher, distil into its student) on its own frames, then the extra
+        steps on restyled labelled views alone; per edge its student's affine state, or None when it had nothing
+        to learn from. ``spare`` (0-1) scales the restyled views and the extra steps: what a busy cloud affords."""
         batches = [e.take_batch(self.cfg) for e in edges]
         active = [i for i, b in enumerate(batches) if b is not None and len(b) >= 2]
         if not active:
@@ -219,7 +220,8 @@ class DistillEngine:
         images = np.concatenate([batches[i] for i in active])
         sizes = [len(batches[i]) for i in active]
         x = self.to_tensor(images)
-        source = self._restyled([edges[i] for i in active]) if self.source is not None else None
+        k = round(self.cfg.source_per_step * spare) if self.source is not None else 0
+        source = self._restyled([edges[i] for i in active], k) if k else None
         t_table = torch.stack([edges[i].teacher.params for i in active])
         t_table.requires_grad_(self.cfg.adapt_teacher)
         t_logits = self.teacher.forward(x if self.teacher_input is self.to_tensor else self.teacher_input(images),
@@ -228,7 +230,7 @@ class DistillEngine:
             ent = softmax_entropy(t_logits)
             loss = _per_edge_mean(ent * confidence_weights(ent, self.e_max), sizes)
             if source is not None:
-                source_sizes = [self.cfg.source_per_step] * len(active)
+                source_sizes = [k] * len(active)
                 loss = loss + self.cfg.source_weight * _per_edge_mean(F.cross_entropy(
                     self.teacher.forward(self.teacher_input(source[0]), source_sizes, t_table), source[1],
                     reduction="none"), source_sizes)
@@ -242,11 +244,11 @@ class DistillEngine:
             self._distil(net, [edges[active[r]] for r in rows],
                          torch.cat([x[starts[r]:starts[r + 1]] for r in rows]),
                          torch.cat([t_logits[starts[r]:starts[r + 1]] for r in rows]), [sizes[r] for r in rows],
-                         None if source is None else self._rows_of(source, rows))
-        for _ in range(self.cfg.source_steps if source is not None else 0):
-            source = self._restyled([edges[i] for i in active])
+                         None if source is None else self._rows_of(source, rows, k))
+        for _ in range(round(self.cfg.source_steps * spare) if source is not None else 0):
+            source = self._restyled([edges[i] for i in active], k)
             for net, rows in groups:
-                self._learn_source(net, [edges[active[r]] for r in rows], *self._rows_of(source, rows))
+                self._learn_source(net, [edges[active[r]] for r in rows], *self._rows_of(source, rows, k))
         for i in active:
             edges[i].steps += 1
         return [edges[i].student_state() if i in active else None for i in range(len(edges))]
@@ -269,8 +271,8 @@ class DistillEngine:
             edge.student.sgd(table.grad[row], self.cfg.student_lr, self.cfg.momentum)
 
     def _source_loss(self, net: SharedModel, table: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """``source_weight`` * each edge's mean CE on its restyled labelled views (``source_per_step`` each)."""
-        sizes = [self.cfg.source_per_step] * len(table)
+        """``source_weight`` * each edge's mean CE on its restyled labelled views (as many each)."""
+        sizes = [len(y) // len(table)] * len(table)
         return self.cfg.source_weight * _per_edge_mean(F.cross_entropy(net.forward(x, sizes, table), y,
                                                                        reduction="none"), sizes)
 

@@ -126,6 +126,11 @@ class RayStrategy(Strategy):
     def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
         return self._call(edge_id, "reassemble", profile, reason)
 
+    def pace(self, spare: float) -> None:
+        """Every worker's (an actor runs its calls in order: the pace reaches it before the next round)."""
+        for shard in self.shards:
+            shard.call.remote("pace", spare)
+
     def learn(self, batches: Sequence[tuple[str, np.ndarray]]) -> dict[str, Update]:
         """Each worker learns for its own edges, all at once; the updates come back together."""
         by_lane: dict[int, list] = {}

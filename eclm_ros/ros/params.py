@@ -142,7 +142,8 @@ CLOUD_COORDINATOR = (
     Param("strategy", "eclm_ros", "distil (CEMA), compose (+ECLM re-composition and module integration) or "
           "eclm_ros (+ECAvg merge rounds across edges)", choices=("distil", "compose", "eclm_ros"), read_only=True),
     Param("source_views", 64, "the cloud's labelled views restyled to an edge's uploads per learning step (0 = none: "
-          "CEMA's losses alone, the least cloud CPU per robot)", 0, 4096, read_only=True),
+          "CEMA's losses alone, the least cloud CPU per robot); with source_steps, scaled down while uploads wait "
+          "for the learner", 0, 4096, read_only=True),
     Param("source_steps", 16, "student steps per learning step on such views alone, beyond the main step (more: "
           "accuracy under harsh shifts for cloud CPU)", 0, 64, read_only=True),
     Param("update_encoding", "fp16", "tensor encoding of affine updates (a smaller one when the downlink needs it)",

@@ -93,6 +93,10 @@ class Strategy(ABC):
         """Model views edges uploaded (edge id, uint8 [N,H,W] or [N,H,W,3]), in arrival order; the updates
         they lead to, per edge. KeyError (nothing learned) when an edge has not registered."""
 
+    def pace(self, spare: float) -> None:
+        """How much optional extra learning the cloud can afford for the next round (1: all, 0: none; the
+        coordinator's backlog says), so a busy cloud learns from more frames instead of more from fewer."""
+
     def on_samples(self, edge_id: str, views: np.ndarray) -> Update | None:
         """One edge's upload; maybe an update for it."""
         return self.learn([(edge_id, views)]).get(edge_id)

@@ -123,6 +123,7 @@ class Distil(Strategy):
         self.sessions: dict[str, EdgeSession] = {}
         self.submodels: dict[str, SubModel] = {}  # by structure and cloud revision: shared by the edges given it
         self.revision = 0  # the cloud model's: integrating modules changes the sub-models cut from it
+        self.spare = 1.0  # the share of the restyled views and extra steps the cloud affords now (``pace``)
 
     def budget(self, profile: Profile) -> Budget:
         if profile.max_params or profile.max_macs or profile.max_latency_ms:
@@ -212,11 +213,17 @@ class Distil(Strategy):
                  if len(self.sessions[e].learner.pending) >= self.min_step_frames]
         updates = {}
         for group in self._passes(ready):
-            for edge_id, state in zip(group, self.engine.step([self.sessions[e].learner for e in group])):
+            for edge_id, state in zip(group, self.engine.step([self.sessions[e].learner for e in group], self.spare)):
                 session = self.sessions[edge_id]
                 if state is not None and not session.profile.trainable:
                     updates[edge_id] = Update(KIND_NORM_AFFINE, state, session.spec_json, Cause.DISTILLED)
         return updates
+
+    def pace(self, spare: float) -> None:
+        """The restyled views and the extra steps on them (``source_per_step``, ``source_steps``) scale with
+        ``spare``: all of them for a cloud that keeps up, none for one with a backlog, which learns from more
+        uploads with CEMA's losses instead."""
+        self.spare = min(max(float(spare), 0.0), 1.0)
 
     def _passes(self, edges: list[str]) -> list[list[str]]:
         """Edges in groups whose steps (new frames plus replayed ones) hold at most ``step_frames`` frames."""
