@@ -2,6 +2,7 @@
 model of a shaped link (token bucket with a burst and a queue, fixed latency, noise) on a simulated clock; the
 real one is test_links.py."""
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -142,6 +143,8 @@ def test_upload_budget_is_a_share_of_the_uplink_less_loss():
     with pytest.raises(ValueError):
         upload_budget_bps(e, share=0)
     assert math.isinf(LinkProber().estimate().rtt_ms) and not LinkProber().estimate().link_up
+    echoes_only = LinkEstimate(0.0, 0.0, 2.0, 3.0, 0.0, True)  # up, its rate not measured yet: no limit, not none
+    assert math.isinf(upload_budget_bps(echoes_only)) and upload_budget_bps(replace(echoes_only, link_up=False)) == 0
 
 
 def test_update_encoding_shrinks_to_fit_the_downlink():

@@ -3,6 +3,7 @@ in-memory network, on a simulated clock. Link budget and queue bound, parking du
 order and resync after a cloud restart, refusal of forged / stale / oversized updates, signing both ways."""
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import replace
 
@@ -108,6 +109,10 @@ def test_uploads_keep_to_the_link_budget_and_the_queue_is_bounded(quick_model, t
     agent.on_link(1e9)  # the link recovers
     world.run(30, start=330)
     assert len(agent.queue) == 0  # a recovered link drains the queue
+    agent.on_link(float("nan"))  # refused, the budget stays
+    assert agent.budget_bps == 1e9
+    agent.on_link(float("inf"))  # a link up whose rate is not measured yet does not limit uploads
+    assert math.isinf(agent.budget_bps)
 
 
 def test_a_link_reported_down_takes_no_upload_and_its_return_is_a_check_in_at_once(quick_model, tmp_path):

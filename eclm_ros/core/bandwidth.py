@@ -285,11 +285,15 @@ class LinkProber:
 
 
 def upload_budget_bps(estimate: LinkEstimate, share: float = 0.5, floor_bps: float = 0.0) -> float:
-    """Bits per second the edge's sample uploads may use: a share of the measured uplink (0 when down)."""
+    """Bits per second the edge's sample uploads may use: a share of the measured uplink (0 when down; infinite,
+    no limit, while only echoes have come back: they say the link is up, not how fast it is, and on a fast link
+    the first rate can take tens of seconds, during which a budget of 0 would hold every upload back)."""
     if not 0 < share <= 1:
         raise ValueError(f"share must be in (0, 1], got {share}")
     if not estimate.link_up:
         return 0.0
+    if estimate.uplink_bps <= 0:
+        return float("inf")
     return max(estimate.uplink_bps * share * (1.0 - estimate.loss), floor_bps)
 
 

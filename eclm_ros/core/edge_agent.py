@@ -236,10 +236,10 @@ class EdgeAgent:
                 self.counters["uploaded_bytes"] += bits // 8
 
     def on_link(self, budget_bps: float, link_up: bool = True) -> None:
-        """The measured link: its upload budget in bit/s, and whether it is up (down: no budget). A link that comes
-        back is a reason to check in with the cloud at once (the heartbeat registration), not a period later:
-        updates sent meanwhile may be gone, and the queued uploads wait for it."""
-        if not np.isfinite(budget_bps) or budget_bps < 0:
+        """The measured link: its upload budget in bit/s (infinite: not measured yet, no limit), and whether it is
+        up (down: no budget). A link that comes back is a reason to check in with the cloud at once (the heartbeat
+        registration), not a period later: updates sent meanwhile may be gone, and the queued uploads wait for it."""
+        if np.isnan(budget_bps) or budget_bps < 0:
             self.log.warning(f"ignored upload budget {budget_bps} bit/s")
             return
         with self._lock:
