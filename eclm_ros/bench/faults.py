@@ -222,9 +222,9 @@ def clock_jumps(rig: Rig, jumps: tuple[float, ...] = (3600.0, -1800.0, 86400.0, 
                      "frames stamped by the jumped /clock (the camera stamps with its ROS clock)")
             try:  # a jump can make the last contact look stale until the next one: regained, not kept, is the bar
                 wait_for(lambda: (link := rig.diagnostics("edge_learner", "cloud link")) is not None and link[0] == 0,
-                         60, "")
-            except AssertionError:
-                result.problems.append(f"the edge is not registered 60 s after a {jump:+.0f} s jump")
+                         60, f"the edge's cloud registration after a {jump:+.0f} s jump")
+            except AssertionError as exc:
+                result.problems.append(str(exc))
             result.repetitions += 1
     finally:
         sim["run"] = False
