@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -174,6 +176,39 @@ def test_a_backlog_paces_the_extra_steps_so_a_busy_cloud_learns_from_more_upload
     assert uploads["learning_pace"] == "1.00"
     strategy.pace(0.5)
     assert strategy.learn([("a", frames)]) and len(steps) == 4 + 2 and restyled[5:] == [32] * 3
+
+
+def test_link_estimates_uploads_and_health_never_wait_for_a_learning_step(quick_model, monkeypatch):
+    """A learning step holds the strategy for seconds (a fleet round for tens of seconds); a monitor's estimate,
+    an upload and /diagnostics must not queue behind it, or the cloud node's handlers stall with it."""
+    strategy = make_strategy("distil", quick_model("cloud"), min_step_frames=1, holdout_every=0)
+    assert not strategy.concurrent  # the coordinator's lock guards it
+    entered, release = threading.Event(), threading.Event()
+    learn = strategy.learn
+    monkeypatch.setattr(strategy, "learn", lambda batches: entered.set() or release.wait(60) and learn(batches))
+    cloud = Coordinator(strategy, Sent())
+    assert cloud.register(Registration("robot1", Profile(), 0)).accepted
+    assert cloud.on_samples(_batch("robot1", 1, _frames(16)))
+    cloud.start()
+    try:
+        assert entered.wait(60), "the learning thread never took the batch"
+        answers = []
+        handler = threading.Thread(target=lambda: answers.extend([
+            cloud.on_link("robot1", 2e6), cloud.on_samples(_batch("robot1", 2, _frames(16))),
+            [h.name for h in cloud.health()]]))
+        handler.start()
+        handler.join(timeout=30)
+        assert not handler.is_alive(), "a handler waited for the learning step"
+        assert not release.is_set() and cloud.downlinks["robot1"] == 2e6 and answers[1] is True
+        assert answers[2] == ["edges", "uploads", "updates", "state"]
+        release.set()  # the step goes on, then the upload admitted meanwhile is learned from
+        deadline = time.monotonic() + 120
+        while cloud.counters["learned_batches"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert cloud.counters["learned_batches"] == 2
+    finally:
+        release.set()
+        cloud.close()
 
 
 def test_the_edge_measures_upload_to_update_latency_on_its_clock(quick_model):

@@ -85,6 +85,9 @@ class Coordinator:
         self.log = log or logging.getLogger("eclm_ros.cloud")
         self.preprocess = Preprocessor(strategy.description)
         self.lock = threading.RLock()  # message handlers and the learning thread share the strategy
+        # the links' state (estimates, links down, arrival times) has its own lock, taken after ``lock`` when both
+        # are: a monitor's estimate never waits for a learning step, nor do the handlers queued behind it
+        self._links = threading.RLock()
         self.versions: dict[str, int] = {}
         self.last_batch: dict[str, int] = {}  # per edge, the highest batch_seq learned from (replays refused)
         self.module_uploads: dict[str, deque] = {}  # per edge, the signatures of its latest module uploads
@@ -158,10 +161,11 @@ class Coordinator:
 
     def _link_back(self, edge_id: str) -> None:
         """The edge's link works again: what was sent while it was down is delivered from now."""
-        if edge_id in self.links_down:
-            self.links_down.discard(edge_id)
-            if self.arrive_by.get(edge_id) == float("inf"):
-                self.arrive_by[edge_id] = self.clock()
+        with self._links:
+            if edge_id in self.links_down:
+                self.links_down.discard(edge_id)
+                if self.arrive_by.get(edge_id) == float("inf"):
+                    self.arrive_by[edge_id] = self.clock()
 
     def reassemble(self, edge_id: str, profile: Profile, reason: str = "operator") -> RegistrationReply:
         """Re-derive an edge's sub-model for a new budget (or its current environment); the weights follow as
@@ -186,7 +190,7 @@ class Coordinator:
         if not np.isfinite(downlink_bps) or downlink_bps < 0:
             self._refuse("link", f"link estimate for {edge_id!r}: downlink {downlink_bps} bit/s")
             return
-        with self.lock:
+        with self._links:
             self.downlinks[edge_id] = downlink_bps if link_up else 0.0
             if link_up:
                 self._link_back(edge_id)
@@ -426,7 +430,9 @@ class Coordinator:
             version = self.versions.get(edge_id, 0)
             new_version = version + 1
             payload = sum(int(t.numel()) * t.element_size() for t in update.tensors.values())
-            encoding = link_encoding(encoding, payload, self.downlinks.get(edge_id, 0.0), self.config.update_deadline_s)
+            with self._links:
+                downlink = self.downlinks.get(edge_id, 0.0)
+            encoding = link_encoding(encoding, payload, downlink, self.config.update_deadline_s)
             self.encodings[encoding] += 1
             bundle = pack(update.tensors, encoding=encoding)
             header = UpdateHeader(edge_id, uuid.uuid4().hex, new_version, 0 if update.kind == KIND_FULL else version,
@@ -439,10 +445,11 @@ class Coordinator:
             parts = [ModelUpdate(header, replace(bundle, payload=chunk), i, len(chunks), learned)
                      for i, chunk in enumerate(chunks)]
             self.versions[edge_id] = new_version
-            now, downlink = self.clock(), self.downlinks.get(edge_id, 0.0)
+            now = self.clock()
             transfer = LINK_SLACK * 8 * len(bundle.payload) / downlink if downlink > 0 else 0.0
-            self.arrive_by[edge_id] = float("inf") if edge_id in self.links_down else (
-                max(self.arrive_by.get(edge_id, now), now) + transfer)
+            with self._links:
+                self.arrive_by[edge_id] = float("inf") if edge_id in self.links_down else (
+                    max(self.arrive_by.get(edge_id, now), now) + transfer)
             self.counters["updates"] += 1
         self.link.send_update(edge_id, parts)
         return new_version

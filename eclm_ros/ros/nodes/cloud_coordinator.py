@@ -65,23 +65,26 @@ class CloudCoordinator(ManagedNode):
 
     def activate(self) -> None:
         p, coordinator = self.params, self.coordinator
-        group = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=group)
+        # two groups: what needs the strategy (registrations, re-assembly, saves) waits for a learning step;
+        # uploads, status, link estimates, merge requests and /diagnostics never do
+        handlers, strategy = MutuallyExclusiveCallbackGroup(), MutuallyExclusiveCallbackGroup()
+        self.create_subscription(SampleBatch, "samples", self.on_samples, RELIABLE_QOS, callback_group=handlers)
         self.create_subscription(EdgeStatus, "edge_status", lambda msg: coordinator.on_status(
-            status_from_msg(msg)), RELIABLE_QOS, callback_group=group)
+            status_from_msg(msg)), RELIABLE_QOS, callback_group=handlers)
         self.create_subscription(LearnedModules, "learned_modules", lambda msg: coordinator.on_modules(
-            modules_from_msg(msg)), RELIABLE_QOS, callback_group=group)
+            modules_from_msg(msg)), RELIABLE_QOS, callback_group=handlers)
         self.create_subscription(BandwidthEstimate, "link_estimates", lambda msg: coordinator.on_link(
-            msg.edge_id, msg.downlink_bps, msg.link_up), RELIABLE_QOS, callback_group=group)
-        self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=group)
-        self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=group)
+            msg.edge_id, msg.downlink_bps, msg.link_up), RELIABLE_QOS, callback_group=handlers)
+        self.create_service(RegisterEdge, "register_edge", self.on_register, callback_group=strategy)
+        self.create_service(ReassembleSubmodel, "reassemble_submodel", self.on_reassemble, callback_group=strategy)
         self.probe_replies = EdgePublishers(self, "link_probes", LinkProbe, PROBE_QOS)
         self.create_subscription(LinkProbe, "link_probes", self.on_probe, PROBE_QOS,
                                  callback_group=MutuallyExclusiveCallbackGroup())  # answered at once, never queued
-        self.create_timer(1.0, lambda: self.diagnostics.publish(coordinator.health()), callback_group=group)
+        self.create_timer(1.0, lambda: self.diagnostics.publish(coordinator.health()), callback_group=handlers)
         self.timers_by_name = {
-            "save_period_s": self.create_timer(p["save_period_s"], coordinator.save, callback_group=group),
-            "merge_period_s": self.create_timer(p["merge_period_s"], coordinator.merge_round, callback_group=group)}
+            "save_period_s": self.create_timer(p["save_period_s"], coordinator.save, callback_group=strategy),
+            "merge_period_s": self.create_timer(p["merge_period_s"], coordinator.merge_round,
+                                                callback_group=handlers)}
         coordinator.start()
         self.get_logger().info("cloud coordinator serving")
 
