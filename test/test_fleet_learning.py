@@ -154,8 +154,8 @@ def test_a_flooding_edge_cannot_crowd_out_the_others_and_updates_say_what_they_l
 
 def test_a_backlog_paces_the_extra_steps_so_a_busy_cloud_learns_from_more_uploads(quick_model, monkeypatch):
     """The restyled views and the extra student steps on them scale with what waits: none with a round's worth
-    queued behind this one (CEMA's losses alone, the cheapest step), all of them once the queue is empty,
-    reported on /diagnostics."""
+    queued behind this one (CEMA's losses alone, the cheapest step), then back by a quarter a round once the
+    queue is empty (a drained cloud does not refill its queue with one costly round), reported on /diagnostics."""
     strategy = make_strategy("distil", quick_model("cloud"), config=DistillConfig(source_steps=4), min_step_frames=1,
                              holdout_every=0)
     steps, restyled = [], []
@@ -171,11 +171,14 @@ def test_a_backlog_paces_the_extra_steps_so_a_busy_cloud_learns_from_more_upload
             assert cloud.on_samples(_batch(edge, seq, frames))
     assert cloud.process(max_jobs=1) == 1 and cloud.spare == 0.0 and steps == restyled == []  # 3 batches wait
     cloud.process()
-    assert cloud.queued == 0 and cloud.spare == 1.0 and len(steps) == 4 and restyled == [64] * 5
+    assert cloud.queued == 0 and cloud.spare == 0.25 and len(steps) == 1 and restyled == [16] * 2
+    for seq in (3, 4, 5):
+        assert cloud.on_samples(_batch("a", seq, frames)) and cloud.process() == 1
+    assert cloud.spare == 1.0 and len(steps) == 1 + 2 + 3 + 4 and restyled[2:] == [32] * 3 + [48] * 4 + [64] * 5
     uploads = next(h.values for h in cloud.health() if h.name == "uploads")
     assert uploads["learning_pace"] == "1.00"
     strategy.pace(0.5)
-    assert strategy.learn([("a", frames)]) and len(steps) == 4 + 2 and restyled[5:] == [32] * 3
+    assert strategy.learn([("a", frames)]) and len(steps) == 10 + 2 and restyled[14:] == [32] * 3
 
 
 def test_link_estimates_uploads_and_health_never_wait_for_a_learning_step(quick_model, monkeypatch):

@@ -57,6 +57,9 @@ class CoordinatorConfig:
     max_chunk_bytes: int = 16 * 1024 * 1024
     resync_grace_s: float = 2.0  # a heartbeat this soon after an update's expected arrival may not have seen it yet
     round_frames: int = 512  # uploaded frames learned from in one batched round (one batch per edge at most)
+    # the most the share of optional extra learning may rise from one round to the next: a backlog cuts it at once,
+    # it comes back over rounds, so a cloud that just drained its queue does not refill it with one costly round
+    pace_recovery: float = 0.25
 
     def check(self) -> None:
         rules = [("update_encoding", self.update_encoding in ENCODING_ORDER, "raw, fp16 or int8"),
@@ -64,7 +67,8 @@ class CoordinatorConfig:
                  ("max_pending_batches", self.max_pending_batches >= 1, "must be >= 1"),
                  ("max_chunk_bytes", self.max_chunk_bytes > 0, "must be > 0"),
                  ("resync_grace_s", self.resync_grace_s >= 0, "must be >= 0"),
-                 ("round_frames", self.round_frames >= 1, "must be >= 1")]
+                 ("round_frames", self.round_frames >= 1, "must be >= 1"),
+                 ("pace_recovery", 0 < self.pace_recovery <= 1, "must be in (0, 1]")]
         for name, ok, why in rules:
             if not ok:
                 raise ValueError(f"{name}={getattr(self, name)!r} refused: {why}")
@@ -382,10 +386,11 @@ class Coordinator:
     def _learn(self, items: list[tuple[str, int, np.ndarray]]) -> None:
         """One round: the strategy learns from every edge's batch at once (under the lock unless it is
         concurrent), then each update leaves. Its optional extra learning is paced by the backlog: all of it
-        with nothing waiting, none once as many batches wait as this round learns from."""
+        with nothing waiting, none once as many batches wait as this round learns from, and after a backlog
+        it comes back by ``pace_recovery`` a round."""
         batches = [(edge_id, views) for edge_id, _, views in items]
         cpu = time.thread_time()
-        self.spare = max(0.0, 1.0 - self.queued / len(items))
+        self.spare = min(max(0.0, 1.0 - self.queued / len(items)), self.spare + self.config.pace_recovery)
         try:
             if self.strategy.concurrent:
                 self.strategy.pace(self.spare)
