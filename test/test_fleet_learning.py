@@ -7,12 +7,13 @@ from __future__ import annotations
 import copy
 import math
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from node_processes import wait_for
 
 from eclm_ros.core.adapt.tent import collect_params, configure_model, softmax_entropy
 from eclm_ros.core.coordinator import Coordinator, CoordinatorConfig
@@ -205,9 +206,7 @@ def test_link_estimates_uploads_and_health_never_wait_for_a_learning_step(quick_
         assert not release.is_set() and cloud.downlinks["robot1"] == 2e6 and answers[1] is True
         assert answers[2] == ["edges", "uploads", "updates", "state"]
         release.set()  # the step goes on, then the upload admitted meanwhile is learned from
-        deadline = time.monotonic() + 120
-        while cloud.counters["learned_batches"] < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: cloud.counters["learned_batches"] >= 2, 120, "the upload admitted during the step")
         assert cloud.counters["learned_batches"] == 2
     finally:
         release.set()

@@ -160,7 +160,9 @@ class Coordinator:
         newest = self.versions.get(edge_id)
         if newest is None or version > newest:
             return False
-        in_flight = self.clock() < self.arrive_by.get(edge_id, -float("inf")) + self.config.resync_grace_s
+        with self._links:
+            arrive_by = self.arrive_by.get(edge_id, -float("inf"))
+        in_flight = self.clock() < arrive_by + self.config.resync_grace_s
         return version == newest or (in_flight and version > 0)
 
     def _link_back(self, edge_id: str) -> None:
