@@ -106,6 +106,28 @@ def test_a_torchscript_model_without_its_input_says_which_parameters_to_set(user
     assert import_model(bare, InputSpec(input_size=(32, 32), channels=3)).description.input_size == (32, 32)
 
 
+def _in_memory(strategy, student, frames):
+    """The in-memory system, one edge serving ``student`` at 30 Hz over ``frames``: (coordinator, edge agent,
+    its runtime, the model version each frame was served with)."""
+    clock = SimClock()
+    net = InMemoryNetwork(clock)
+    cloud = Coordinator(strategy, net.cloud_link(), CoordinatorConfig(), clock=clock)
+    net.serve(cloud)
+    runtime = make_runtime("onnx", student.model, input_shape=student.description.input_shape())
+    agent = EdgeAgent(runtime, student.description, net.connect("robot1"),
+                      EdgeConfig(edge_id="robot1", upload_batch=8, upload_ratio=0.5), clock=clock, threaded=False)
+    net.attach("robot1", agent)
+    versions = []
+    for img in frames:
+        clock.advance(1 / 30)
+        net.deliver()
+        cloud.process()
+        net.deliver()
+        agent.tick()
+        versions.append(agent.on_frame(img).model_version)
+    return cloud, agent, runtime, versions
+
+
 def test_the_cloud_distils_a_teacher_of_another_size_into_the_users_edge_model(user_models):
     """The in-memory system with the user's files: the coordinator says it distils only (no composition for a
     model it does not know), registers the edge with the file's own weights, and its affine updates change
@@ -115,24 +137,9 @@ def test_the_cloud_distils_a_teacher_of_another_size_into_the_users_edge_model(u
     teacher = import_model(user_models["teacher_onnx"])
     strategy = make_strategy("eclm_ros", teacher, student)
     assert strategy.summary.startswith("distillation only")
-    clock = SimClock()
-    net = InMemoryNetwork(clock)
-    cloud = Coordinator(strategy, net.cloud_link(), CoordinatorConfig(), clock=clock)
-    net.serve(cloud)
-    runtime = make_runtime("onnx", student.model, input_shape=student.description.input_shape())
-    agent = EdgeAgent(runtime, student.description, net.connect("robot1"),
-                      EdgeConfig(edge_id="robot1", upload_batch=8, upload_ratio=0.5), clock=clock, threaded=False)
-    net.attach("robot1", agent)
     images, _ = shapes(600, 21)
     dark = (images.astype(np.float32) * 0.35 + 20).astype(np.uint8)  # night: low light and contrast
-    versions = []
-    for i, img in enumerate(dark):
-        clock.advance(1 / 30)
-        net.deliver()
-        cloud.process()
-        net.deliver()
-        agent.tick()
-        versions.append(agent.on_frame(img).model_version)
+    cloud, agent, runtime, versions = _in_memory(strategy, student, dark)
     assert agent.counters["rejected_updates"] == 0 and agent.spec == ""
     assert versions[-1] >= 3 and cloud.counters["updates"] >= 3, (versions[-1], cloud.counters)
     assert any(h.values.get("strategy", "").startswith("distillation only") for h in cloud.health())
@@ -145,6 +152,34 @@ def test_the_cloud_distils_a_teacher_of_another_size_into_the_users_edge_model(u
     change = float((before - after).abs().max())
     print(f"versions {versions[-1]}, largest probability change {change:.3f}")
     assert change > 0.05, "the distilled affine parameters did not change a prediction"
+
+
+def test_a_users_edge_model_of_a_known_architecture_takes_the_clouds_updates_and_labelled_views(quick_model):
+    """A model the user trained with eclm_ros (a registered architecture, not the cloud's sub-model): the cloud
+    names it on the wire as the edge does, so every update applies (the cloud used to send no structure and the
+    edge refused each one), and the student learns on the teacher's labelled calibration views as a sub-model
+    would; a teacher with no views, or views of another shape, teaches without them and says why."""
+    from dataclasses import replace
+
+    from eclm_ros.sim.corruptions import corrupt
+    from eclm_ros.sim.data import load_fashion_mnist
+
+    teacher, student = quick_model("cloud"), quick_model("edge_tiny")
+    assert student.description.architecture is not None
+    strategy = make_strategy("distil", teacher, student)
+    assert strategy.engine.source is not None and "labelled views restyled" in strategy.summary
+    rng = np.random.default_rng(0)
+    cloud, agent, _, versions = _in_memory(strategy, student,
+                                           [corrupt(img, "fog", 5, rng) for img in load_fashion_mnist("test")[0][:400]])
+    assert agent.counters["rejected_updates"] == 0, agent.health()
+    assert agent.spec == strategy.served_spec("robot1") != ""
+    assert versions[-1] >= 3 and cloud.counters["updates"] >= 3, (versions[-1], cloud.counters)
+
+    bare = make_strategy("distil", replace(teacher, calibration=None), student)
+    assert bare.engine.source is None and "carries no calibration views" in bare.summary
+    wide = replace(student, description=replace(student.description, input_size=(32, 32)))
+    other = make_strategy("distil", teacher, wide)
+    assert other.engine.source is None and "resized views would restyle wrongly" in other.summary
 
 
 def test_check_model_reports_what_a_file_gives_and_exits_non_zero_naming_the_fix(user_models, capsys):

@@ -30,7 +30,7 @@ from ..core.shift import SHIFT_THRESHOLD
 from ..core.strategies import make_strategy
 from ..core.tensor_codec import pack, unpack
 from ..core.transport import InMemoryNetwork, SimClock
-from .method import BenchContext, Traffic
+from .method import FIXED_MODELS, BenchContext, Traffic
 
 CAMERA_HZ = 30.0  # the simulated camera: the system's clocks (heartbeat, budget, status) advance with frames
 
@@ -254,6 +254,14 @@ class EclmRos:
         return preds
 
 
+def eclm_ros_fixed(ctx: BenchContext) -> EclmRos:
+    """The system on the fixed model of the budget (trained alone), the cloud model teaching it as it teaches a
+    user's own model: what composition adds when both edges learn from the cloud."""
+    edge = ctx.checkpoint(FIXED_MODELS[ctx.budget])
+    return EclmRos(ctx, strategy="distil", name="eclm_ros_fixed", models=(ctx.checkpoint("cloud"), edge),
+                   student=edge)
+
+
 METHODS = {
     "cema": lambda ctx: Cema(ctx),
     "cema_all": lambda ctx: Cema(ctx, select=False, name="cema_all"),
@@ -261,5 +269,6 @@ METHODS = {
     "ecavg": EcAvg,
     "eclm_ros_distil": lambda ctx: EclmRos(ctx, strategy="distil", name="eclm_ros_distil"),
     "eclm_ros": EclmRos,
+    "eclm_ros_fixed": eclm_ros_fixed,
     "cloud_only": CloudOnly,
 }

@@ -43,6 +43,18 @@ def spec_json(cloud: ModularNet, spec: SubModelSpec) -> str:
     return architecture_json({**arch, "config": {**arch["config"], "module_ids": [list(s) for s in spec.stages]}})
 
 
+def _no_views_reason(cloud: Checkpoint, student: Checkpoint) -> str:
+    """Why a user's edge model cannot learn on the teacher's labelled calibration views ('' when it can): the
+    restyle fits the uploads' spectra against the views', so both must have one shape."""
+    if cloud.calibration is None:
+        return "the teacher checkpoint carries no calibration views"
+    shape = Preprocessor(student.description).view(cloud.calibration[0]).shape
+    if cloud.calibration.shape[1:] != shape:
+        return (f"the teacher's calibration views are {list(cloud.calibration.shape[1:])}, the edge model's input "
+                f"{list(shape)}: resized views would restyle wrongly")
+    return ""
+
+
 @dataclass
 class SubModel:
     """A structure as edges are given it: the network every edge of this structure shares on the cloud, and
@@ -105,11 +117,17 @@ class Distil(Strategy):
                              f"model's {list(student.description.labels)[:5]}...: both must score the same classes "
                              f"in the same order (give both the same labels file)")
         else:
-            source = None
+            why_not = _no_views_reason(cloud, student)  # else its own views, labelled, teach it as a sub-model
+            source = None if why_not else LabelledViews(cloud.calibration, cloud.model,
+                                                        Preprocessor(cloud.description).tensor)
             self.summary = ("distillation only (CEMA): the edge model is the user's, so sub-models are not composed "
-                            "and modules not merged")
+                            "and modules not merged; " + (f"no labelled views ({why_not})" if why_not else
+                                                          "the teacher's labelled views restyled to each edge"))
         self.cloud = cloud.model
         self.student = student
+        # a user's model is named on the wire as its edge names it: its architecture, or '' (an imported file)
+        arch = student.description.architecture if student else None
+        self.student_structure = architecture_json(arch) if arch else ""
         self.description = (student or cloud).description  # what edges serve and upload views of
         self.preprocess = Preprocessor(self.description)
         teacher_view = Preprocessor(cloud.description)
@@ -132,7 +150,7 @@ class Distil(Strategy):
 
     def _submodel(self, spec: SubModelSpec | None) -> SubModel:
         """The shared sub-model of this structure cut from the cloud model as it is now (built once)."""
-        structure = "" if spec is None else spec_json(self.cloud, spec)
+        structure = self.student_structure if spec is None else spec_json(self.cloud, spec)
         key = f"{structure}#{self.revision}"
         if key not in self.submodels:
             in_use = {s.submodel.key for s in self.sessions.values()}
@@ -178,7 +196,7 @@ class Distil(Strategy):
     def reassemble(self, edge_id: str, profile: Profile, reason: str) -> Update:
         session = self._session(edge_id)
         if self.student is not None:
-            return Update(KIND_FULL, session.current_full(), "", Cause.UNCHANGED,
+            return Update(KIND_FULL, session.current_full(), session.spec_json, Cause.UNCHANGED,
                           "the user's edge model is not composed")
         recent = self.preprocess.tensor(np.stack(session.recent)) if len(session.recent) > 1 else None
         spec = compose(self.teacher_of(session) if recent is not None else self.cloud, self.budget(profile), recent)
