@@ -49,6 +49,12 @@ class ModelDescription:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def structure(self) -> str:
+        """How the model is named on the wire (``submodel_spec``): its architecture's JSON, or '' for an opaque
+        graph. The edge and the cloud both take it from here, so they name one model alike."""
+        return architecture_json(self.architecture) if self.architecture else ""
+
     def input_shape(self, batch: int = 1) -> tuple[int, int, int, int]:
         """The model input's shape, NCHW."""
         return (batch, self.channels, *self.input_size)

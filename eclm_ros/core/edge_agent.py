@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from .chunking import ChunkError, Reassembler
-from .description import ModelDescription, architecture_json
+from .description import ModelDescription
 from .edge_runtime import UpdateError
 from .health import ERROR, OK, WARN, EventWindow, Health
 from .local_adapt import LocalAdapter
@@ -89,7 +89,7 @@ class EdgeAgent:
         self.selector = Selector(description.num_classes, target_ratio=self.config.upload_ratio)
         self.version = 0
         self.registered_version = 0  # the cloud's version for this edge at its last registration
-        self.spec = architecture_json(description.architecture) if description.architecture else ""
+        self.spec = description.structure
         self.chunks = Reassembler(max_payloads=4, max_bytes=2 * self.config.max_update_bytes,
                                   timeout_s=self.config.chunk_timeout_s, clock=clock)
         self.pending: list[tuple] = []

@@ -103,14 +103,15 @@ class Distil(Strategy):
     def __init__(self, cloud: Checkpoint, config: DistillConfig = DistillConfig(), min_step_frames: int = 16,
                  holdout_every: int = 8, seed: int = 0, budget_fraction: float = DEFAULT_BUDGET_FRACTION,
                  student: Checkpoint | None = None, step_frames: int = 2048) -> None:
+        teacher_view = Preprocessor(cloud.description)
         if student is None:
             if not isinstance(cloud.model, ModularNet):
                 raise ValueError(f"the cloud model must be modular (modular_net) unless an edge model is given, got "
                                  f"{type(cloud.model).__name__}")
             if cloud.calibration is None:
                 raise ValueError("the cloud checkpoint carries no calibration views: retrain it with 'eclm-ros train'")
-            self.calibration = Preprocessor(cloud.description).tensor(cloud.calibration)
-            source = LabelledViews(cloud.calibration, cloud.model, Preprocessor(cloud.description).tensor)
+            self.calibration = teacher_view.tensor(cloud.calibration)
+            why_not = ""
             self.summary = self.SUMMARY
         elif cloud.description.labels != student.description.labels:
             raise ValueError(f"the teacher's labels {list(cloud.description.labels)[:5]}... differ from the edge "
@@ -118,19 +119,14 @@ class Distil(Strategy):
                              f"in the same order (give both the same labels file)")
         else:
             why_not = _no_views_reason(cloud, student)  # else its own views, labelled, teach it as a sub-model
-            source = None if why_not else LabelledViews(cloud.calibration, cloud.model,
-                                                        Preprocessor(cloud.description).tensor)
             self.summary = ("distillation only (CEMA): the edge model is the user's, so sub-models are not composed "
                             "and modules not merged; " + (f"no labelled views ({why_not})" if why_not else
                                                           "the teacher's labelled views restyled to each edge"))
+        source = None if why_not else LabelledViews(cloud.calibration, cloud.model, teacher_view.tensor)
         self.cloud = cloud.model
         self.student = student
-        # a user's model is named on the wire as its edge names it: its architecture, or '' (an imported file)
-        arch = student.description.architecture if student else None
-        self.student_structure = architecture_json(arch) if arch else ""
         self.description = (student or cloud).description  # what edges serve and upload views of
         self.preprocess = Preprocessor(self.description)
-        teacher_view = Preprocessor(cloud.description)
         self.engine = DistillEngine(self.cloud, self.description.num_classes, self.preprocess.tensor, config,
                                     None if student is None else (
                                         lambda views: teacher_view.tensor(np.stack([teacher_view.view(v)
@@ -150,7 +146,7 @@ class Distil(Strategy):
 
     def _submodel(self, spec: SubModelSpec | None) -> SubModel:
         """The shared sub-model of this structure cut from the cloud model as it is now (built once)."""
-        structure = self.student_structure if spec is None else spec_json(self.cloud, spec)
+        structure = self.description.structure if spec is None else spec_json(self.cloud, spec)  # None: a user's
         key = f"{structure}#{self.revision}"
         if key not in self.submodels:
             in_use = {s.submodel.key for s in self.sessions.values()}
