@@ -175,8 +175,9 @@ def test_a_users_edge_model_of_a_known_architecture_takes_the_clouds_updates_and
     assert agent.spec == strategy.served_spec("robot1") != ""
     assert versions[-1] >= 3 and cloud.counters["updates"] >= 3, (versions[-1], cloud.counters)
 
-    bare = make_strategy("distil", replace(teacher, calibration=None), student)
-    assert bare.engine.source is None and "carries no calibration views" in bare.summary
+    for views in (None, teacher.calibration[:0]):
+        bare = make_strategy("distil", replace(teacher, calibration=views), student)
+        assert bare.engine.source is None and "carries no calibration views" in bare.summary
     wide = replace(student, description=replace(student.description, input_size=(32, 32)))
     other = make_strategy("distil", teacher, wide)
     assert other.engine.source is None and "resized views would restyle wrongly" in other.summary

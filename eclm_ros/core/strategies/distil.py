@@ -46,7 +46,7 @@ def spec_json(cloud: ModularNet, spec: SubModelSpec) -> str:
 def _no_views_reason(cloud: Checkpoint, student: Checkpoint) -> str:
     """Why a user's edge model cannot learn on the teacher's labelled calibration views ('' when it can): the
     restyle fits the uploads' spectra against the views', so both must have one shape."""
-    if cloud.calibration is None:
+    if cloud.calibration is None or not len(cloud.calibration):
         return "the teacher checkpoint carries no calibration views"
     shape = Preprocessor(student.description).view(cloud.calibration[0]).shape
     if cloud.calibration.shape[1:] != shape:
